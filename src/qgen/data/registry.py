@@ -1,0 +1,98 @@
+"""The dataset registry: one YAML file per dataset in `qgen/data/datasets/`.
+
+Each entry says what the dataset is (task type, language, scenario tags), where it comes from (a member of a
+registry-package archive, or a hub id for users with hub access), how its rows split into two disjoint parts —
+one for calibration, one for evaluation — and how an example renders as calibration text (what the model sees
+at test time, without the answer). Adding a dataset is adding one YAML file here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qgen.errors import QgenError
+from qgen.home import data_dir
+
+REGISTRY_DIR = Path(__file__).parent / "datasets"
+SPLITS = ("calib", "eval")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    task_type: str  # corpus | multiple_choice | generation
+    language: str
+    scenarios: tuple[str, ...]
+    source: dict[str, Any]  # package + member + format (offline), or hub: {path, name, split, field}
+    split: dict[str, Any]  # how rows become the calib and eval parts, recorded with the data
+    calib_text: str  # Jinja template: one example -> the text used for calibration
+    lm_eval_task: str | None = None
+    license: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return data_dir() / self.name
+
+    @property
+    def offline(self) -> bool:
+        return "package" in self.source
+
+
+@lru_cache(maxsize=None)
+def all_datasets() -> dict[str, DatasetSpec]:
+    specs = {}
+    for path in sorted(REGISTRY_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        known = {f for f in DatasetSpec.__dataclass_fields__}
+        extra = {k: v for k, v in raw.items() if k not in known}
+        fields = {k: v for k, v in raw.items() if k in known}
+        fields["scenarios"] = tuple(fields.get("scenarios", ()))
+        spec = DatasetSpec(**fields, extra=extra)
+        if spec.name != path.stem:
+            raise QgenError(f"{path}: name {spec.name!r} must match the file name {path.stem!r}")
+        specs[spec.name] = spec
+    return specs
+
+
+def get(name: str) -> DatasetSpec:
+    specs = all_datasets()
+    if name not in specs:
+        raise QgenError(f"unknown dataset {name!r}; registered: {', '.join(sorted(specs))}")
+    return specs[name]
+
+
+def load_split(name: str, split: str) -> list[dict]:
+    """Rows of a prepared dataset's calib or eval part (run `qgen assets fetch` first)."""
+    if split not in SPLITS:
+        raise QgenError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    spec = get(name)
+    path = spec.folder / f"{split}.jsonl"
+    if not path.exists():
+        if not spec.offline:
+            hub = spec.source.get("hub", {})
+            raise QgenError(
+                f"dataset {name!r} comes from the Hugging Face hub ({hub.get('path', '?')}) and is not prepared "
+                f"here: run with hub access, or prepare it from a local copy with `qgen assets fetch`"
+            )
+        raise QgenError(f"dataset {name!r} is not prepared in {spec.folder}; run `make assets`")
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def render(template: str, row: dict) -> str:
+    return _jinja(template).render(**row)
+
+
+@lru_cache(maxsize=256)
+def _jinja(template: str):
+    import jinja2
+
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(template)

@@ -1,0 +1,1 @@
+"""Evaluation: lm-evaluation-harness tasks (declarative YAML in tasks/) and token-level perplexity."""

@@ -1,0 +1,87 @@
+"""Score a model on an eval suite: lm-eval tasks through `simple_evaluate(HFLM(<in-memory model>))`, then the
+suite's perplexity corpora. Returns {task: {metric: {"value", "stderr"}}} and writes per-item scores."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from qgen.data import registry
+from qgen.evaluate.perplexity import perplexity, protocol_name
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+
+
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR))
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run_lm_eval(model, tokenizer, suite, device: torch.device, seed: int, samples_path: Path | None) -> dict:
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    tasks = list(suite.tasks)
+    if not tasks:
+        return {}
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(suite.batch_size), device=str(device),
+              max_length=suite.get("max_length"))
+    out = simple_evaluate(
+        model=lm, tasks=tasks, num_fewshot=suite.get("num_fewshot"), limit=suite.get("limit"),
+        task_manager=task_manager(), log_samples=samples_path is not None,
+        bootstrap_iters=int(suite.get("bootstrap_iters", 1000)), random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed,
+    )
+    metrics: dict = {}
+    for task, values in out["results"].items():
+        row = {}
+        for key, value in values.items():
+            if "," not in key or key.split(",")[0].endswith("_stderr"):
+                continue
+            name, _filter = key.split(",", 1)
+            stderr = values.get(f"{name}_stderr,{_filter}")
+            row[name] = {"value": _clean(value), "stderr": _clean(stderr if isinstance(stderr, float) else None)}
+        row["n_items"] = {"value": out.get("n-samples", {}).get(task, {}).get("effective"), "stderr": None}
+        metrics[task] = row
+    if samples_path is not None:
+        with open(samples_path, "a") as f:
+            for task, items in out.get("samples", {}).items():
+                for item in items:
+                    scores = {k: item[k] for k in ("acc", "acc_norm", "exact_match", "f1") if k in item}
+                    f.write(json.dumps({"task": task, "doc_id": item["doc_id"], **scores}) + "\n")
+    return metrics
+
+
+def run_perplexity(model, tokenizer, suite, device: torch.device) -> dict:
+    metrics = {}
+    for entry in suite.get("perplexity") or []:
+        rows = registry.load_split(entry.dataset, "eval")
+        spec = registry.get(entry.dataset)
+        texts = [registry.render(spec.calib_text, r) for r in rows]
+        result = perplexity(model, tokenizer, texts, int(entry.window), device,
+                            batch_size=int(suite.get("ppl_batch_size", 4)), max_windows=entry.get("max_windows"))
+        metrics[f"ppl/{entry.dataset}"] = {
+            protocol_name(int(entry.window)): {"value": result["value"], "stderr": None},
+            "tokens": {"value": result["tokens"], "stderr": None},
+        }
+    return metrics
+
+
+def evaluate(model, tokenizer, suite, device: torch.device, seed: int, samples_path: Path | None = None) -> dict:
+    model.to(device)
+    metrics = run_lm_eval(model, tokenizer, suite, device, seed, samples_path)
+    metrics.update(run_perplexity(model, tokenizer, suite, device))
+    return metrics

@@ -1,0 +1,1 @@
+"""Quantization: fake-quant grids, the block-by-block engine, and one small file per method in methods/."""

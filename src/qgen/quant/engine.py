@@ -1,0 +1,139 @@
+"""The sequential engine: the only place that walks a model's decoder blocks.
+
+Data-free methods (RTN) visit each subset once. With calibration data:
+  1. run the model up to block 0 and keep block 0's inputs (hidden states and the keyword arguments the model
+     passes its blocks: attention mask, position embeddings, ...);
+  2. per block: move it to the device; per subset, per method: `start`, run the calibration batches through the
+     block with a hook on the subset's first linear that hands the input to `observe` and stops the forward
+     there, then `apply` — so every subset sees the inputs as changed by the subsets quantized before it;
+  3. recompute the block's outputs (with the quantized block, or the original one when `feed` is
+     "full_precision") as the next block's inputs; move the block back.
+Only one block's activations are alive at a time, so models larger than the device fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qgen.errors import QgenError
+from qgen.models.arch import ArchAdapter
+from qgen.quant import activations
+from qgen.quant.activations import ActFormat
+from qgen.quant.methods import QuantMethod, SubsetContext
+
+log = logging.getLogger(__name__)
+
+FEEDS = ("quantized", "full_precision")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    batch_size: int = 8  # calibration samples per forward
+    feed: str = "quantized"  # what the next block sees: outputs of the quantized or of the original block
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _block_output(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, input_ids: torch.Tensor, batch_size: int,
+                         device: torch.device) -> list[tuple[torch.Tensor, dict]]:
+    """Run the model up to block 0 for every calibration batch; returns [(hidden_states, block kwargs)]."""
+    blocks = adapter.block_list(model)
+    captured: list[tuple[torch.Tensor, dict]] = []
+
+    def grab(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "use_cache")}
+        captured.append((hidden.detach(), kwargs))
+        raise _StopForward
+
+    # Everything outside the blocks (embeddings, rotary tables, final norm, head) is small: put it on the device.
+    block_ids = {id(m) for m in blocks.modules()}
+    outside = [m for m in model.modules() if id(m) not in block_ids and not list(m.children())]
+    for m in outside:
+        m.to(device)
+    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for start in range(0, input_ids.shape[0], batch_size):
+            try:
+                model(input_ids[start : start + batch_size].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _run_block(block: nn.Module, batches: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+    return [_block_output(block(hidden, **kwargs)) for hidden, kwargs in batches]
+
+
+def _observe(block: nn.Module, first_linear: nn.Linear, batches, method: QuantMethod, ctx: SubsetContext) -> None:
+    def hook(module, args):
+        x = args[0]
+        method.observe(ctx, x.reshape(-1, x.shape[-1]).float())
+        raise _StopForward
+
+    handle = first_linear.register_forward_pre_hook(hook)
+    try:
+        for hidden, kwargs in batches:
+            try:
+                block(hidden, **kwargs)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMethod], act: ActFormat,
+                   input_ids: torch.Tensor | None, device: torch.device,
+                   settings: EngineSettings = EngineSettings()) -> dict:
+    """Quantize the model's decoder blocks in place; returns {"layers": {path: report}, "blocks": [...]}."""
+    if settings.feed not in FEEDS:
+        raise QgenError(f"quantizer.feed {settings.feed!r} is not allowed; use one of {', '.join(FEEDS)}")
+    needs_data = any(m.needs_calibration for m in methods)
+    if needs_data and input_ids is None:
+        raise QgenError("this quantizer needs calibration data, but no calibration set was built")
+    blocks = adapter.block_list(model)
+    subsets = adapter.subsets_for(model)
+    model_device = next(model.parameters()).device
+    batches = capture_block_inputs(model, adapter, input_ids, settings.batch_size, device) if needs_data else None
+    report: dict = {"layers": {}, "blocks": []}
+    prefix = adapter.blocks
+    for i, block in enumerate(tqdm(blocks, desc="quantize", unit="block")):
+        t0 = time.perf_counter()
+        block.to(device)
+        fp_outputs = _run_block(block, batches) if needs_data and settings.feed == "full_precision" else None
+        for subset in subsets:
+            linears = {f"{prefix}.{i}.{p}": block.get_submodule(p) for p in subset.linears}
+            prev = block.get_submodule(subset.prev_op) if subset.prev_op else None
+            for k, method in enumerate(methods):
+                ctx = SubsetContext(block, i, subset, prev, linears, final=k == len(methods) - 1, device=device)
+                if method.needs_calibration:
+                    method.start(ctx)
+                    _observe(block, next(iter(linears.values())), batches, method, ctx)
+                layer_reports = method.apply(ctx) or {}
+                for path, rep in layer_reports.items():
+                    report["layers"].setdefault(path, {})[method.name] = rep
+        if act.enabled:
+            for p in adapter.linear_names():
+                linear = block.get_submodule(p)
+                if not activations.is_attached(linear):
+                    activations.attach(linear, act)
+        if needs_data:
+            batches = [(out, kw) for out, (_, kw) in zip(fp_outputs or _run_block(block, batches), batches)]
+        block.to(model_device)
+        report["blocks"].append({"index": i, "seconds": round(time.perf_counter() - t0, 3)})
+    return report

@@ -1,0 +1,69 @@
+"""The contract between the engine and a quantization method.
+
+The engine hands a method one subset at a time — linears that share an input, plus the op producing that input
+(see qgen.models.arch). A method that needs calibration data gets `start`, then `observe` once per calibration
+batch with the subset's input activations, then `apply`; a data-free method gets only `apply`. `apply` changes
+weights in place (and may fold scales into `ctx.prev_op`) and returns a small report per linear.
+
+In a combination such as awq+gptq, every method but the last only transforms (scales, clips); `ctx.final` tells
+a method whether it must also put the weights on the grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from qgen.errors import QgenError
+from qgen.models.arch import Subset
+from qgen.quant.activations import ActFormat
+from qgen.quant.grid import WeightFormat
+
+
+@dataclass
+class SubsetContext:
+    block: nn.Module
+    block_index: int
+    subset: Subset
+    prev_op: nn.Module | None
+    linears: dict[str, nn.Linear]  # full module path in the model -> module
+    final: bool  # the last method in the list: weights must end on the grid
+    device: torch.device
+    notes: dict = field(default_factory=dict)  # shared by the methods of one subset (e.g. scales applied)
+
+
+class QuantMethod:
+    name: ClassVar[str] = ""
+    needs_calibration: ClassVar[bool] = False
+
+    def __init__(self, weight: WeightFormat, act: ActFormat, **hparams):
+        if hparams:
+            raise QgenError(f"quantizer {self.name!r} got unknown settings: {', '.join(sorted(hparams))}")
+        self.weight = weight
+        self.act = act
+
+    def start(self, ctx: SubsetContext) -> None:
+        """Reset the statistics for a new subset (methods that need calibration)."""
+
+    def observe(self, ctx: SubsetContext, x: torch.Tensor) -> None:
+        """One calibration batch of the subset's input, [tokens, in_features] float32 on ctx.device."""
+
+    def apply(self, ctx: SubsetContext) -> dict[str, dict]:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[QuantMethod]] = {}
+
+
+def register(cls: type[QuantMethod]) -> type[QuantMethod]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build(name: str, weight: WeightFormat, act: ActFormat, hparams: dict) -> QuantMethod:
+    if name not in METHODS:
+        raise QgenError(f"unknown quantization method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name](weight, act, **hparams)

@@ -1,0 +1,69 @@
+"""Read results.json files under any output dirs (single runs and multiruns) into one tidy pandas table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from qgen.record.results import RESULTS_FILE
+
+COLUMNS = ["job_id", "status", "model", "quantizer", "bits", "calib", "seed", "variant", "task", "metric", "value",
+           "stderr", "dir"]
+
+
+def find_results(*roots: str | Path) -> list[Path]:
+    found = []
+    for root in roots:
+        root = Path(root)
+        found += [root] if root.is_file() else sorted(root.rglob(RESULTS_FILE))
+    return found
+
+
+def _rows(path: Path, data: dict) -> list[dict]:
+    cfg = data.get("config", {})
+    base = {
+        "job_id": data.get("job_id"),
+        "status": data.get("status"),
+        "model": cfg.get("model", {}).get("name"),
+        "quantizer": cfg.get("quantizer", {}).get("name"),
+        "bits": cfg.get("bits", {}).get("name"),
+        "calib": cfg.get("calib", {}).get("name"),
+        "seed": data.get("seed"),
+        "dir": str(path.parent),
+    }
+    rows = []
+    variants = [("quantized", data.get("metrics") or {})]
+    if data.get("baseline"):
+        variants.append(("fp", data["baseline"].get("metrics") or {}))
+    for variant, metrics in variants:
+        for task, values in metrics.items():
+            for metric, entry in values.items():
+                rows.append({**base, "variant": variant, "task": task, "metric": metric,
+                             "value": entry.get("value"), "stderr": entry.get("stderr")})
+    return rows
+
+
+def read_results(*roots: str | Path) -> pd.DataFrame:
+    """One row per (job, variant, task, metric); variant is 'quantized' (the job's model) or 'fp' (its baseline)."""
+    rows = []
+    for path in find_results(*roots):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        rows += _rows(path, data)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def summary_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("acc", "acc_norm")) -> pd.DataFrame:
+    """Wide table: one row per job (and FP baseline), one column per task/metric (acc and perplexities)."""
+    keep = df[df["metric"].isin(metrics) | df["metric"].str.startswith("ppl_")].copy()
+    if keep.empty:
+        return keep
+    keep["column"] = keep["task"].str.replace("qgen_", "", regex=False) + " " + keep["metric"]
+    keep.loc[keep["variant"] == "fp", ["quantizer", "bits"]] = ["fp (none)", "-"]
+    index = ["model", "quantizer", "bits", "calib", "seed"]
+    wide = keep.pivot_table(index=index, columns="column", values="value", aggfunc="mean")
+    return wide.reset_index()

@@ -1,0 +1,87 @@
+"""Check a composed job config before anything expensive happens; each problem is one line naming what is
+allowed. Also checks config-group choices on the command line before Hydra composes (Hydra's own message for an
+unknown option is a multi-line traceback)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from qgen.errors import QgenError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("model", "calib", "quantizer", "bits", "eval_suite", "logger", "paths")
+ACT_BITS = (4, 6, 8, 16)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(argv: list[str]) -> None:
+    """`group=a,b` on the command line: every option must be a file in conf/<group>/."""
+    for arg in argv:
+        m = re.fullmatch(r"([+~]*)([a-z_]+)=(.*)", arg)
+        if not m or m.group(2) not in GROUPS or m.group(1).startswith("~"):
+            continue
+        group, value = m.group(2), m.group(3)
+        value = re.sub(r"^(choice|glob)\((.*)\)$", r"\2", value)
+        if value.startswith(("range(", "interval(")) or "*" in value:
+            continue
+        options = group_options(group)
+        for choice in (v.strip().strip("'\"") for v in value.split(",")):
+            if choice and choice not in options:
+                raise QgenError(f"unknown {group} option {choice!r}; available: {', '.join(options)}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_job(cfg: DictConfig) -> None:
+    from qgen.models.load import DTYPES, looks_like_path, model_source
+    from qgen.quant.methods import METHODS
+
+    bits, quant, model = cfg.bits, cfg.quantizer, cfg.model
+    is_fp = quant.name == "none" or not quant.methods
+    w, a, g = bits.weight_bits, bits.act_bits, bits.group_size
+    if not _is_int(w) or not (2 <= w <= 8 or (w == 16 and is_fp)):
+        raise QgenError(f"bits.weight_bits={w!r} is not allowed: use an integer from 2 to 8 (16 only with "
+                        f"quantizer=none)")
+    if not _is_int(a) or a not in ACT_BITS:
+        raise QgenError(f"bits.act_bits={a!r} is not allowed: use one of {', '.join(map(str, ACT_BITS))}")
+    if not _is_int(g) or not (g == -1 or g > 0):
+        raise QgenError(f"bits.group_size={g!r} is not allowed: use a positive integer, or -1 for per channel")
+    if bits.act_granularity not in ("per_token", "per_tensor"):
+        raise QgenError(f"bits.act_granularity={bits.act_granularity!r} is not allowed: use per_token or per_tensor")
+    for step in quant.methods:
+        if step.name not in METHODS:
+            raise QgenError(f"quantizer method {step.name!r} is unknown; available: {', '.join(sorted(METHODS))}")
+    if model.dtype not in DTYPES:
+        raise QgenError(f"model.dtype={model.dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
+    if model_source(model) == "local":
+        path = Path(str(model.pretrained)).expanduser()
+        if not path.is_dir():
+            raise QgenError(f"model.pretrained={model.pretrained!r} does not exist: give an existing local folder "
+                            f"or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
+    if model_source(model) == "hub" and looks_like_path(str(model.pretrained)):
+        raise QgenError(f"model.pretrained={model.pretrained!r} is neither a folder nor a hub id")
+    for key in ("n_samples", "seq_len"):
+        if not _is_int(cfg.calib[key]) or cfg.calib[key] <= 0:
+            raise QgenError(f"calib.{key}={cfg.calib[key]!r} is not allowed: use a positive integer")
+    limit = cfg.eval_suite.get("limit")
+    if limit is not None and not (isinstance(limit, (int, float)) and limit > 0):
+        raise QgenError(f"eval_suite.limit={limit!r} is not allowed: use a positive number or null")
+    check_datasets(cfg)
+
+
+def check_datasets(cfg: DictConfig) -> None:
+    from qgen.data import registry
+
+    datasets = cfg.calib.dataset
+    for name in [datasets] if isinstance(datasets, str) else list(datasets):
+        registry.get(name)
+    for entry in cfg.eval_suite.get("perplexity") or []:
+        registry.get(entry.dataset)
