@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from qgen.record.index import SKIPPED_FILE
 from qgen.record.results import RESULTS_FILE
 
 COLUMNS = ["job_id", "status", "model", "quantizer", "bits", "calib", "seed", "variant", "task", "metric", "value",
@@ -47,15 +48,40 @@ def _rows(path: Path, data: dict) -> list[dict]:
     return rows
 
 
-def read_results(*roots: str | Path) -> pd.DataFrame:
-    """One row per (job, variant, task, metric); variant is 'quantized' (the job's model) or 'fp' (its
-    full-precision baseline, or the model of a quantizer=none job)."""
-    rows = []
-    for path in find_results(*roots):
+STATUS_RANK = {"completed": 3, "failed": 2, "running": 1}
+
+
+def latest_per_job(*roots: str | Path) -> dict[str, tuple[Path, dict]]:
+    """Each job once: a job run several times (reruns, resumed sweeps) keeps its best and latest record —
+    completed over failed over running, then the most recently finished. A skipped job's `skipped.json`
+    points at the completed result it reused."""
+    best: dict[str, tuple[Path, dict]] = {}
+    paths = find_results(*roots)
+    for root in roots:
+        root = Path(root)
+        if root.is_dir():
+            for pointer in sorted(root.rglob(SKIPPED_FILE)):
+                try:
+                    paths.append(Path(json.loads(pointer.read_text())["results"]))
+                except (OSError, ValueError, KeyError):
+                    continue
+    for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        key = data.get("job_id") or str(path)
+        rank = (STATUS_RANK.get(data.get("status"), 0), data.get("finished_at") or data.get("started_at") or "")
+        if key not in best or rank > best[key][2]:
+            best[key] = (path, data, rank)
+    return {k: (p, d) for k, (p, d, _) in best.items()}
+
+
+def read_results(*roots: str | Path) -> pd.DataFrame:
+    """One row per (job, variant, task, metric); variant is 'quantized' (the job's model) or 'fp' (its
+    full-precision baseline, or the model of a quantizer=none job). Every job appears once."""
+    rows = []
+    for path, data in latest_per_job(*roots).values():
         rows += _rows(path, data)
     return pd.DataFrame(rows, columns=COLUMNS)
 
