@@ -22,6 +22,12 @@ def find_results(*roots: str | Path) -> list[Path]:
     return found
 
 
+def _calib_label(calib: dict) -> str | None:
+    """The calibration source(s) a job used: the dataset name, or names joined by '+' for a mixture."""
+    dataset = calib.get("dataset", calib.get("name"))
+    return "+".join(dataset) if isinstance(dataset, list) else dataset
+
+
 def _rows(path: Path, data: dict) -> list[dict]:
     cfg = data.get("config", {})
     base = {
@@ -30,7 +36,7 @@ def _rows(path: Path, data: dict) -> list[dict]:
         "model": cfg.get("model", {}).get("name"),
         "quantizer": cfg.get("quantizer", {}).get("name"),
         "bits": cfg.get("bits", {}).get("name"),
-        "calib": cfg.get("calib", {}).get("name"),
+        "calib": _calib_label(cfg.get("calib", {})),
         "seed": data.get("seed"),
         "dir": str(path.parent),
     }
