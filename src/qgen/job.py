@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -143,9 +144,11 @@ class Job:
         self.record.data["cache"][stage] = {"kind": kind, "key": key, "status": status if self.use_cache else "off"}
         return result["value"], key
 
+    @contextmanager
     def stage(self, name: str):
-        _fail_injection(name, self.cfg)
-        return self.record.stage(name)
+        with self.record.stage(name):
+            _fail_injection(name, self.cfg)
+            yield
 
     # -- stages ---------------------------------------------------------------------------------------------
     def load_model(self):
