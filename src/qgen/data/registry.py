@@ -4,6 +4,10 @@ Each entry says what the dataset is (task type, language, scenario tags), where 
 registry-package archive, or a hub id for users with hub access), how its rows split into two disjoint parts —
 one for calibration, one for evaluation — and how an example renders as calibration text (what the model sees
 at test time, without the answer). Adding a dataset is adding one YAML file here.
+
+A family of alike datasets (MMLU categories, multiemo languages, BBQ categories) is one file with `base:` (the
+shared fields), `variants:` ({name: fields merged over base}) and `lm_eval_group:` (the lm-eval group that runs
+them all); variant names start with the file name.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ class DatasetSpec:
     split: dict[str, Any]  # how rows become the calib and eval parts, recorded with the data
     calib_text: str  # Jinja template: one example -> the text used for calibration
     lm_eval_task: str | None = None
+    lm_eval: dict[str, Any] = field(default_factory=dict)  # template + the task fields; see data/lm_eval_tasks.py
     license: str = ""
+    family: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -46,20 +52,65 @@ class DatasetSpec:
         return "package" in self.source
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _spec(raw: dict, where: Path) -> DatasetSpec:
+    known = set(DatasetSpec.__dataclass_fields__) - {"extra"}
+    missing = {"name", "title", "task_type", "language", "source", "split", "calib_text"} - set(raw)
+    if missing:
+        raise QgenError(f"{where}: dataset {raw.get('name', '?')!r} lacks {', '.join(sorted(missing))}")
+    fields = {k: v for k, v in raw.items() if k in known}
+    fields["scenarios"] = tuple(fields.get("scenarios", ()))
+    fields.setdefault("lm_eval_task", f"qgen_{raw['name']}")
+    return DatasetSpec(**fields, extra={k: v for k, v in raw.items() if k not in known})
+
+
 @lru_cache(maxsize=None)
 def all_datasets() -> dict[str, DatasetSpec]:
     specs = {}
     for path in sorted(REGISTRY_DIR.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
-        known = {f for f in DatasetSpec.__dataclass_fields__}
-        extra = {k: v for k, v in raw.items() if k not in known}
-        fields = {k: v for k, v in raw.items() if k in known}
-        fields["scenarios"] = tuple(fields.get("scenarios", ()))
-        spec = DatasetSpec(**fields, extra=extra)
-        if spec.name != path.stem:
-            raise QgenError(f"{path}: name {spec.name!r} must match the file name {path.stem!r}")
-        specs[spec.name] = spec
+        if "variants" in raw:
+            found = [_spec(_merge(raw.get("base", {}), {**fields, "name": name, "family": path.stem}), path)
+                     for name, fields in raw["variants"].items()]
+            if bad := [s.name for s in found if not s.name.startswith(path.stem)]:
+                raise QgenError(f"{path}: variant {bad[0]!r} must start with the file name {path.stem!r}")
+        else:
+            found = [_spec(raw, path)]
+            if found[0].name != path.stem:
+                raise QgenError(f"{path}: name {found[0].name!r} must match the file name {path.stem!r}")
+        for spec in found:
+            if spec.name in specs:
+                raise QgenError(f"{path}: dataset {spec.name!r} is registered twice")
+            specs[spec.name] = spec
     return specs
+
+
+@lru_cache(maxsize=None)
+def families() -> dict[str, dict]:
+    """{family: {"group": lm-eval group name, "members": [dataset names]}}."""
+    out = {}
+    for path in sorted(REGISTRY_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        if "variants" in raw:
+            out[path.stem] = {"group": raw.get("lm_eval_group", f"qgen_{path.stem}"), "members": list(raw["variants"])}
+    return out
+
+
+def datasets_of_task(task: str) -> list[str]:
+    """The registered datasets behind an lm-eval task or group name ([] for lm-eval's built-in tasks)."""
+    for spec in all_datasets().values():
+        if spec.lm_eval_task == task:
+            return [spec.name]
+    for fam in families().values():
+        if fam["group"] == task:
+            return list(fam["members"])
+    return []
 
 
 def get(name: str) -> DatasetSpec:
