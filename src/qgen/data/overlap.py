@@ -1,9 +1,9 @@
 """The overlap guard: a job must not calibrate on examples it is evaluated on.
 
 An example's fingerprints are the sha1 hashes of its substantial texts: every string of at least `MIN_CHARS`
-characters anywhere in the row (passage, question, sentence, document; nested lists included), after collapsing
-whitespace and case. Short strings (labels, one-word answers, choice letters) repeat legitimately across
-examples and are ignored. Calibration and evaluation overlap when any fingerprint is shared, which also catches
+characters in the fields its dataset's `calib_text` shows the model (passage, question, sentence, document;
+nested lists included), after collapsing whitespace and case. Metadata the model never sees (ids, URLs) and
+short strings (labels, one-word answers, choice letters), which repeat legitimately, are ignored. Calibration and evaluation overlap when any fingerprint is shared, which also catches
 a corpus built from the passages of a QA set that is then evaluated.
 """
 
@@ -29,9 +29,10 @@ def _strings(value):
             yield from _strings(v)
 
 
-def fingerprints(row: dict) -> set[str]:
+def fingerprints(row: dict, fields: frozenset[str] | None = None) -> set[str]:
+    """Hashes of the row's substantial texts, within `fields` when given (else the whole row)."""
     out = set()
-    for text in _strings(row):
+    for text in _strings(row if fields is None else {k: v for k, v in row.items() if k in fields}):
         norm = _SPACE.sub(" ", text).strip().lower()
         if len(norm) >= MIN_CHARS:
             out.add(hashlib.sha1(norm.encode("utf-8")).hexdigest())
@@ -39,9 +40,10 @@ def fingerprints(row: dict) -> set[str]:
 
 
 def split_fingerprints(name: str, split: str) -> set[str]:
-    from qgen.data.registry import load_split
+    from qgen.data.registry import get, load_split, template_fields
 
-    return set().union(*(fingerprints(row) for row in load_split(name, split)))
+    fields = template_fields(get(name).calib_text)
+    return set().union(*(fingerprints(row, fields) for row in load_split(name, split)))
 
 
 def check_disjoint(calib_datasets: list[str], eval_datasets: list[str]) -> dict:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qgen.assets import PACKAGES, folder_is_intact, open_package, write_manifest
+from qgen.assets import PACKAGES, folder_is_intact, open_package, read_manifest, write_manifest
 from qgen.data.overlap import fingerprints
-from qgen.data.registry import DatasetSpec
+from qgen.data.registry import DatasetSpec, template_fields
 from qgen.errors import QgenError
 from qgen.home import data_dir
 
@@ -214,10 +214,11 @@ def split_seeded_group_fraction(parts: dict[str, list[dict]], rule: dict) -> tup
     return calib, [row for row in rows if row[rule["group_by"]] not in calib_groups]
 
 
-def make_disjoint(calib: list[dict], evaluation: list[dict]) -> tuple[list[dict], int]:
-    """Drop evaluation rows that share a text with a calibration row (duplicates in the source)."""
-    seen = set().union(*(fingerprints(row) for row in calib))
-    kept = [row for row in evaluation if not fingerprints(row) & seen]
+def make_disjoint(calib: list[dict], evaluation: list[dict], fields: frozenset[str]) -> tuple[list[dict], int]:
+    """Drop evaluation rows that show the model a text some calibration row shows (duplicates in the source),
+    so that a dataset's own calibration part always passes the overlap guard against its evaluation part."""
+    seen = set().union(*(fingerprints(row, fields) for row in calib))
+    kept = [row for row in evaluation if not fingerprints(row, fields) & seen]
     return kept, len(evaluation) - len(kept)
 
 
@@ -238,7 +239,21 @@ def package_members(package: str) -> set[str]:
             for items in source_members(spec.source).values() for member, _ in items}
 
 
+PREP_VERSION = 2  # bump when preparation changes what it writes
+
+
+def recipe(spec: DatasetSpec) -> dict:
+    """What a prepared folder was built from; a folder whose manifest records another recipe is rebuilt."""
+    return {"prep_version": PREP_VERSION, "source": spec.source, "split": spec.split,
+            "package": PACKAGES[spec.source["package"]].spec, "calib_text": spec.calib_text}
+
+
 def is_prepared(spec: DatasetSpec, full_check: bool = False) -> bool:
+    manifest = read_manifest(spec.folder)
+    if manifest is None or not spec.offline:
+        return manifest is not None and folder_is_intact(spec.folder, full=full_check)
+    if {k: manifest.get(k) for k in recipe(spec)} != json.loads(json.dumps(recipe(spec))):
+        return False
     return folder_is_intact(spec.folder, full=full_check)
 
 
@@ -259,7 +274,7 @@ def prepare(spec: DatasetSpec, full_check: bool = False) -> Path:
     if spec.split.get("dedupe_by"):
         parts = {name: dedupe(rows, spec.split["dedupe_by"]) for name, rows in parts.items()}
     calib, evaluation = SPLITTERS[method](parts, spec.split)
-    evaluation, dropped = make_disjoint(calib, evaluation)
+    evaluation, dropped = make_disjoint(calib, evaluation, template_fields(spec.calib_text))
     if not calib or not evaluation:
         raise QgenError(f"{spec.name}: split rule {spec.split} leaves an empty part")
     data_dir().mkdir(parents=True, exist_ok=True)
@@ -272,9 +287,7 @@ def prepare(spec: DatasetSpec, full_check: bool = False) -> Path:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
         write_manifest(staging, {
             "dataset": spec.name,
-            "package": PACKAGES[spec.source["package"]].spec,
-            "source": spec.source,
-            "split": spec.split,
+            **recipe(spec),
             "rows": {"calib": len(calib), "eval": len(evaluation)},
             "eval_rows_dropped_as_duplicates_of_calib": dropped,
         })

@@ -143,6 +143,15 @@ def render(template: str, row: dict) -> str:
 
 
 @lru_cache(maxsize=256)
+def template_fields(template: str) -> frozenset[str]:
+    """The row fields a template reads (what the model sees of an example)."""
+    import jinja2
+    from jinja2 import meta
+
+    return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(template)))
+
+
+@lru_cache(maxsize=256)
 def _jinja(template: str):
     import jinja2
 
