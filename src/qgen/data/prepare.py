@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qgen.assets import PACKAGES, folder_is_intact, open_package, read_manifest, write_manifest
+from qgen.assets import PACKAGES, FolderArchive, folder_is_intact, open_package, read_manifest, write_manifest
 from qgen.data.overlap import fingerprints
 from qgen.data.registry import DatasetSpec, template_fields
 from qgen.errors import QgenError
@@ -90,16 +90,40 @@ def read_hf_arrow(data: bytes, source: dict) -> list[dict]:
     return pa.ipc.open_stream(io.BytesIO(data)).read_all().to_pylist()
 
 
+def _decompress(data: bytes) -> bytes:
+    """gzip (C4's .json.gz) and zstandard (the Pile's .jsonl.zst) files are read transparently."""
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        return gzip.decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        try:
+            import zstandard
+        except ImportError:
+            raise QgenError("this file is zstandard-compressed: `pip install zstandard`, or decompress it") from None
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+    return data
+
+
 @reader("jsonl")
 def read_jsonl(data: bytes, source: dict) -> list[dict]:
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in _decompress(data).decode("utf-8").splitlines() if line.strip()]
 
 
 @reader("csv")
 def read_csv(data: bytes, source: dict) -> list[dict]:
-    """A CSV file with a header row; an unnamed index column is dropped."""
-    rows = csv.DictReader(io.StringIO(data.decode("utf-8")))
-    return [{k: v for k, v in row.items() if k} for row in rows]
+    """A CSV (or, with `delimiter: "\\t"`, TSV) file with a header row; an unnamed index column is dropped, and
+    rows with an empty `require` field are skipped."""
+    rows = csv.DictReader(io.StringIO(data.decode("utf-8-sig")), delimiter=source.get("delimiter", ","))
+    need = source.get("require")
+    return [{k: v for k, v in row.items() if k} for row in rows if not need or (row.get(need) or "").strip()]
+
+
+@reader("parquet")
+def read_parquet(data: bytes, source: dict) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(data)).to_pylist()
 
 
 @reader("lines")
@@ -244,36 +268,98 @@ PREP_VERSION = 2  # bump when preparation changes what it writes
 
 def recipe(spec: DatasetSpec) -> dict:
     """What a prepared folder was built from; a folder whose manifest records another recipe is rebuilt."""
-    return {"prep_version": PREP_VERSION, "source": spec.source, "split": spec.split,
-            "package": PACKAGES[spec.source["package"]].spec, "calib_text": spec.calib_text}
+    package = PACKAGES[spec.source["package"]].spec if spec.offline else None
+    return {"prep_version": PREP_VERSION, "source": spec.source, "split": spec.split, "package": package,
+            "calib_text": spec.calib_text}
 
 
 def is_prepared(spec: DatasetSpec, full_check: bool = False) -> bool:
     manifest = read_manifest(spec.folder)
-    if manifest is None or not spec.offline:
-        return manifest is not None and folder_is_intact(spec.folder, full=full_check)
+    if manifest is None:
+        return False
     if {k: manifest.get(k) for k in recipe(spec)} != json.loads(json.dumps(recipe(spec))):
         return False
     return folder_is_intact(spec.folder, full=full_check)
 
 
-def prepare(spec: DatasetSpec, full_check: bool = False) -> Path:
-    """Build the dataset's calib/eval jsonl files once; a damaged folder is rebuilt."""
-    if is_prepared(spec, full_check):
+def needs_local_copy(spec: DatasetSpec) -> str:
+    """The one line saying what a dataset without an offline source needs."""
+    hub = spec.source.get("hub")
+    where = f"Hugging Face hub access ({hub['repo']})" if hub else "no public download"
+    files = ", ".join(m for items in source_members(spec.source).values() for m, _ in items[:2])
+    return (f"dataset {spec.name!r} is not prepared and needs {where} or a local copy: run `qgen datasets "
+            f"prepare {spec.name} --from DIR` with DIR holding {spec.source.get('layout', 'the files')} ({files})")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def download_from_hub(spec: DatasetSpec) -> Path:
+    """Fetch the dataset's files from its hub repository into assets/hub/<repo>/ (same layout as the repo)."""
+    from qgen.home import assets_dir
+
+    hub = spec.source["hub"]
+    folder = assets_dir() / "hub" / hub["repo"]
+    try:
+        from huggingface_hub import hf_hub_download
+
+        for items in source_members(spec.source).values():
+            for member, _ in items:
+                hf_hub_download(hub["repo"], member, repo_type="dataset", revision=hub.get("revision"),
+                                local_dir=folder)
+    except Exception as exc:  # the hub client raises many types; the user needs one line
+        raise QgenError(f"{needs_local_copy(spec)} (hub download failed: {type(exc).__name__})") from None
+    return folder
+
+
+def ensure_prepared(spec: DatasetSpec) -> Path:
+    """Prepared already, or prepare it: from the package archive, else from the hub when it is reachable;
+    otherwise one line saying what is needed."""
+    if is_prepared(spec):
         return spec.folder
-    if not spec.offline:
-        raise QgenError(f"dataset {spec.name!r} has no offline source; it needs hub access")
+    if spec.offline:
+        return prepare(spec)
+    if spec.source.get("hub") and hub_reachable():
+        return prepare(spec, local_dir=download_from_hub(spec))
+    raise QgenError(needs_local_copy(spec))
+
+
+def prepare(spec: DatasetSpec, full_check: bool = False, local_dir: Path | None = None) -> Path:
+    """Build the dataset's calib/eval jsonl files once; a damaged folder is rebuilt. A dataset without an
+    offline source is read from `local_dir`, laid out like its source (hub repository or BOSS directory)."""
+    if local_dir is None and is_prepared(spec, full_check):
+        return spec.folder
+    if not spec.offline and local_dir is None:
+        raise QgenError(needs_local_copy(spec))
     fmt, method = spec.source["format"], spec.split["method"]
     if fmt not in READERS:
         raise QgenError(f"{spec.name}: unknown source format {fmt!r}; known: {', '.join(sorted(READERS))}")
     if method not in SPLITTERS:
         raise QgenError(f"{spec.name}: unknown split method {method!r}; known: {', '.join(sorted(SPLITTERS))}")
-    package = spec.source["package"]
-    with open_package(package, package_members(package), full_check) as arc:
+    if local_dir is not None:
+        if not Path(local_dir).is_dir():
+            raise QgenError(f"{local_dir} is not a directory (expected {spec.source.get('layout', 'the files')})")
+        arc = FolderArchive(Path(local_dir))
+    else:
+        arc = open_package(spec.source["package"], package_members(spec.source["package"]), full_check)
+    with arc:
         parts = read_source(arc, spec.source)
     if spec.split.get("dedupe_by"):
         parts = {name: dedupe(rows, spec.split["dedupe_by"]) for name, rows in parts.items()}
     calib, evaluation = SPLITTERS[method](parts, spec.split)
+    cap = spec.split.get("max_rows") or {}  # a huge source (a C4 shard) keeps only its first rows per part
+    calib, evaluation = calib[: cap.get("calib")], evaluation[: cap.get("eval")]
     evaluation, dropped = make_disjoint(calib, evaluation, template_fields(spec.calib_text))
     if not calib or not evaluation:
         raise QgenError(f"{spec.name}: split rule {spec.split} leaves an empty part")

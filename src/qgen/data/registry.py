@@ -127,13 +127,12 @@ def load_split(name: str, split: str) -> list[dict]:
     spec = get(name)
     path = spec.folder / f"{split}.jsonl"
     if not path.exists():
-        if not spec.offline:
-            hub = spec.source.get("hub", {})
-            raise QgenError(
-                f"dataset {name!r} comes from the Hugging Face hub ({hub.get('path', '?')}) and is not prepared "
-                f"here: run with hub access, or prepare it from a local copy with `qgen assets fetch`"
-            )
-        raise QgenError(f"dataset {name!r} is not prepared in {spec.folder}; run `make assets`")
+        if not spec.offline:  # hub or local-only source: fetch it when the hub answers, else say what is needed
+            from qgen.data.prepare import ensure_prepared
+
+            ensure_prepared(spec)
+        else:
+            raise QgenError(f"dataset {name!r} is not prepared in {spec.folder}; run `make assets`")
     with open(path) as f:
         return [json.loads(line) for line in f]
 
