@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from qgen.data.overlap import check_job_overlap
 from qgen.errors import QgenError
 from qgen.record.results import JobRecord
 from qgen.validate import check_job
@@ -33,6 +34,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     check_job(cfg)
     methods, _, act = build_methods(cfg)  # unknown method settings fail here, before the model loads
     os.environ["QGEN_HOME"] = str(cfg.paths.qgen_home)
+    check_job_overlap(cfg)  # calibration data must be there and share no example with the eval suite
     if cfg.runtime.get("threads"):
         torch.set_num_threads(int(cfg.runtime.threads))
     torch.manual_seed(cfg.seed)

@@ -17,7 +17,12 @@ ACT_BITS = (4, 6, 8, 16)
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+    if group == "calib":  # every registered dataset is a calib option too (qgen/data/calib_configs.py)
+        from qgen.data.calib_configs import dataset_options
+
+        options |= set(dataset_options(CONF_DIR))
+    return sorted(options)
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -287,8 +287,8 @@ def needs_local_copy(spec: DatasetSpec) -> str:
     hub = spec.source.get("hub")
     where = f"Hugging Face hub access ({hub['repo']})" if hub else "no public download"
     files = ", ".join(m for items in source_members(spec.source).values() for m, _ in items[:2])
-    return (f"dataset {spec.name!r} is not prepared and needs {where} or a local copy: run `qgen datasets "
-            f"prepare {spec.name} --from DIR` with DIR holding {spec.source.get('layout', 'the files')} ({files})")
+    return (f"dataset {spec.name!r} is not prepared and needs {where} or a local copy: run `qgen prepare "
+            f"{spec.name} --from DIR` with DIR holding {spec.source.get('layout', 'the files')} ({files})")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
