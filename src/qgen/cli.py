@@ -50,6 +50,14 @@ def cmd_prepare(args) -> None:
         print(f"{name}: prepared in {folder}")
 
 
+def source_label(source: dict) -> str:
+    if "package" in source:
+        return f"{source['package']}:{source.get('member') or source.get('members')}"
+    if "path" in source:
+        return f"file:{source['path']}"
+    return f"hub:{source['hub']['repo']}" if source.get("hub") else f"local:{source.get('layout', '')}"
+
+
 def dataset_rows() -> list[dict]:
     from qgen.data import registry
     from qgen.data.prepare import is_prepared
@@ -62,8 +70,7 @@ def dataset_rows() -> list[dict]:
             "name": spec.name, "title": spec.title, "task_type": spec.task_type, "language": spec.language,
             "scenarios": list(spec.scenarios), "calibration_split": "calib", "evaluation_split": "eval",
             "split_rule": spec.split, "rows": manifest.get("rows"),
-            "source": f"{spec.source['package']}:{spec.source.get('member') or spec.source.get('members')}"
-            if spec.offline else (f"hub:{spec.source['hub']['repo']}" if spec.source.get("hub") else "local"),
+            "source": source_label(spec.source),
             "family": spec.family,
             "lm_eval_task": spec.lm_eval_task, "available": is_prepared(spec),
         })

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qgen.assets import PACKAGES, FolderArchive, folder_is_intact, open_package, read_manifest, write_manifest
+from qgen.assets import PACKAGES, FolderArchive, sha256_file, folder_is_intact, open_package, read_manifest, write_manifest
 from qgen.data.overlap import fingerprints
 from qgen.data.registry import DatasetSpec, template_fields
 from qgen.errors import QgenError
@@ -45,7 +45,10 @@ def reader(fmt: str):
 
 def source_members(source: dict) -> dict[str, list[tuple[str, dict]]]:
     """{source split: [(archive member, constant fields to add)]}."""
-    members = source.get("members") or {"all": source["member"]}
+    if "path" in source and not (source.get("members") or source.get("member")):
+        members = {"all": Path(source["path"]).name}  # a user's own file
+    else:
+        members = source.get("members") or {"all": source["member"]}
     suffix = MEMBER_SUFFIX.get(source["format"], "")
     out = {}
     for split, items in members.items():
@@ -268,9 +271,13 @@ PREP_VERSION = 2  # bump when preparation changes what it writes
 
 def recipe(spec: DatasetSpec) -> dict:
     """What a prepared folder was built from; a folder whose manifest records another recipe is rebuilt."""
-    package = PACKAGES[spec.source["package"]].spec if spec.offline else None
-    return {"prep_version": PREP_VERSION, "source": spec.source, "split": spec.split, "package": package,
-            "calib_text": spec.calib_text}
+    package = PACKAGES[spec.source["package"]].spec if "package" in spec.source else None
+    out = {"prep_version": PREP_VERSION, "source": spec.source, "split": spec.split, "package": package,
+           "calib_text": spec.calib_text}
+    if "path" in spec.source:  # a user's file: rebuilt when its content changes
+        path = Path(spec.source["path"]).expanduser()
+        out["file_sha256"] = sha256_file(path) if path.is_file() else None
+    return out
 
 
 def is_prepared(spec: DatasetSpec, full_check: bool = False) -> bool:
@@ -347,12 +354,18 @@ def prepare(spec: DatasetSpec, full_check: bool = False, local_dir: Path | None 
         raise QgenError(f"{spec.name}: unknown source format {fmt!r}; known: {', '.join(sorted(READERS))}")
     if method not in SPLITTERS:
         raise QgenError(f"{spec.name}: unknown split method {method!r}; known: {', '.join(sorted(SPLITTERS))}")
+    if local_dir is None and "path" in spec.source:
+        path = Path(spec.source["path"]).expanduser()
+        if not path.is_file():
+            raise QgenError(f"{spec.name}: source.path {spec.source['path']!r} is not a file")
+        local_dir = path.parent
     if local_dir is not None:
         if not Path(local_dir).is_dir():
             raise QgenError(f"{local_dir} is not a directory (expected {spec.source.get('layout', 'the files')})")
         arc = FolderArchive(Path(local_dir))
     else:
         arc = open_package(spec.source["package"], package_members(spec.source["package"]), full_check)
+    # a user's file is read from its folder; its recorded recipe holds the file's sha256
     with arc:
         parts = read_source(arc, spec.source)
     if spec.split.get("dedupe_by"):

@@ -13,6 +13,7 @@ them all); variant names start with the file name.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,12 @@ from qgen.home import data_dir
 
 REGISTRY_DIR = Path(__file__).parent / "datasets"
 SPLITS = ("calib", "eval")
+USER_DIRS_ENV = "QGEN_DATASETS_DIR"  # extra registry folders (os.pathsep-separated) for the user's own datasets
+
+
+def registry_files() -> list[Path]:
+    dirs = [REGISTRY_DIR] + [Path(d).expanduser() for d in os.environ.get(USER_DIRS_ENV, "").split(os.pathsep) if d]
+    return [p for d in dirs for p in sorted(d.glob("*.yaml"))]
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ class DatasetSpec:
 
     @property
     def offline(self) -> bool:
-        return "package" in self.source
+        """Preparable here without the hub: a member of a pinned package archive, or a local file (`path`)."""
+        return "package" in self.source or "path" in self.source
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -73,8 +81,10 @@ def _spec(raw: dict, where: Path) -> DatasetSpec:
 @lru_cache(maxsize=None)
 def all_datasets() -> dict[str, DatasetSpec]:
     specs = {}
-    for path in sorted(REGISTRY_DIR.glob("*.yaml")):
+    for path in registry_files():
         raw = yaml.safe_load(path.read_text())
+        if not isinstance(raw, dict):
+            raise QgenError(f"{path}: a dataset entry must be a YAML mapping")
         if "variants" in raw:
             found = [_spec(_merge(raw.get("base", {}), {**fields, "name": name, "family": path.stem}), path)
                      for name, fields in raw["variants"].items()]
@@ -95,7 +105,7 @@ def all_datasets() -> dict[str, DatasetSpec]:
 def families() -> dict[str, dict]:
     """{family: {"group": lm-eval group name, "members": [dataset names]}}."""
     out = {}
-    for path in sorted(REGISTRY_DIR.glob("*.yaml")):
+    for path in registry_files():
         raw = yaml.safe_load(path.read_text())
         if "variants" in raw:
             out[path.stem] = {"group": raw.get("lm_eval_group", f"qgen_{path.stem}"), "members": list(raw["variants"])}
@@ -127,12 +137,11 @@ def load_split(name: str, split: str) -> list[dict]:
     spec = get(name)
     path = spec.folder / f"{split}.jsonl"
     if not path.exists():
-        if not spec.offline:  # hub or local-only source: fetch it when the hub answers, else say what is needed
-            from qgen.data.prepare import ensure_prepared
-
-            ensure_prepared(spec)
-        else:
+        if "package" in spec.source:
             raise QgenError(f"dataset {name!r} is not prepared in {spec.folder}; run `make assets`")
+        from qgen.data.prepare import ensure_prepared  # a user's file, or the hub when it answers
+
+        ensure_prepared(spec)
     with open(path) as f:
         return [json.loads(line) for line in f]
 
