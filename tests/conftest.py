@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from qgen.home import qgen_home
 
 REPO = Path(__file__).resolve().parents[1]
+REAL_HOME = qgen_home()  # before any test points QGEN_HOME at a temporary folder
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def tmp_home(tmp_path, monkeypatch):
 
 def real_archive(filename: str) -> Path:
     """A verified archive in the real QGEN_HOME (skips when `make assets` has not run)."""
-    path = Path(os.environ.get("QGEN_REAL_HOME", qgen_home())) / "assets" / "archives" / filename
+    path = REAL_HOME / "assets" / "archives" / filename
     if not path.is_file():
         pytest.skip(f"{filename} not fetched; run `make assets`")
     return path

@@ -73,3 +73,25 @@ def test_qgen_datasets_json_lists_40_available():
         pytest.skip("not every offline dataset is prepared; run `make assets`")
     assert len(available) >= 40
     assert all(r["rows"]["calib"] > 0 and r["rows"]["eval"] > 0 for r in available)
+
+
+def test_tiny_llama_scores_one_task_of_each_kind(task_manager):
+    """Multiple choice, generation (exact match / F1) and rolling perplexity run end to end through lm-eval."""
+    for name in ("copa", "squadshifts_nyt", "xsum"):
+        _require(name)
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from qgen.models.tiny import tiny_llama
+
+    model, tokenizer = tiny_llama({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                                   "num_attention_heads": 4, "num_key_value_heads": 2,
+                                   "max_position_embeddings": 4096, "tie_word_embeddings": True}, 0, torch.float32)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu", max_length=1024)
+    out = simple_evaluate(model=lm, tasks=["qgen_copa", "qgen_squadshifts_nyt", "qgen_xsum"], limit=2,
+                          task_manager=task_manager, bootstrap_iters=0)
+    res = out["results"]
+    assert 0 <= res["qgen_copa"]["acc,none"] <= 1
+    assert 0 <= res["qgen_squadshifts_nyt"]["f1,none"] <= 1 and "exact_match,none" in res["qgen_squadshifts_nyt"]
+    assert res["qgen_xsum"]["word_perplexity,none"] > 1

