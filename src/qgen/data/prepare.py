@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from qgen.assets import PACKAGES, FolderArchive, sha256_file, folder_is_intact, open_package, read_manifest, write_manifest
+from qgen.assets import (
+    PACKAGES,
+    FolderArchive,
+    folder_is_intact,
+    open_package,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from qgen.data.overlap import fingerprints
 from qgen.data.registry import DatasetSpec, template_fields
 from qgen.errors import QgenError
@@ -218,7 +226,7 @@ def split_seeded_fraction(parts: dict[str, list[dict]], rule: dict) -> tuple[lis
     """One source split, shuffled with a fixed seed: the first `calib_fraction` calibrates, the rest evaluates."""
     rows = _single(parts)
     order = np.random.default_rng(rule["seed"]).permutation(len(rows))
-    k = int(round(rule["calib_fraction"] * len(rows)))
+    k = round(rule["calib_fraction"] * len(rows))
     return [rows[i] for i in sorted(order[:k])], [rows[i] for i in sorted(order[k:])]
 
 
@@ -226,7 +234,7 @@ def split_seeded_fraction(parts: dict[str, list[dict]], rule: dict) -> tuple[lis
 def split_head_fraction(parts: dict[str, list[dict]], rule: dict) -> tuple[list[dict], list[dict]]:
     """Running text kept in order: the first `calib_fraction` of rows calibrates, the tail evaluates."""
     rows = _single(parts)
-    k = int(round(rule["calib_fraction"] * len(rows)))
+    k = round(rule["calib_fraction"] * len(rows))
     return rows[:k], rows[k:]
 
 
@@ -236,7 +244,7 @@ def split_seeded_group_fraction(parts: dict[str, list[dict]], rule: dict) -> tup
     rows = _single(parts)
     groups = list(dict.fromkeys(row[rule["group_by"]] for row in rows))
     order = np.random.default_rng(rule["seed"]).permutation(len(groups))
-    calib_groups = {groups[i] for i in order[: int(round(rule["calib_fraction"] * len(groups)))]}
+    calib_groups = {groups[i] for i in order[: round(rule["calib_fraction"] * len(groups))]}
     calib = [row for row in rows if row[rule["group_by"]] in calib_groups]
     return calib, [row for row in rows if row[rule["group_by"]] not in calib_groups]
 
@@ -325,7 +333,7 @@ def download_from_hub(spec: DatasetSpec) -> Path:
             for member, _ in items:
                 hf_hub_download(hub["repo"], member, repo_type="dataset", revision=hub.get("revision"),
                                 local_dir=folder)
-    except Exception as exc:  # the hub client raises many types; the user needs one line
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many types; the user needs one line
         raise QgenError(f"{needs_local_copy(spec)} (hub download failed: {type(exc).__name__})") from None
     return folder
 
@@ -382,8 +390,7 @@ def prepare(spec: DatasetSpec, full_check: bool = False, local_dir: Path | None 
         staging.mkdir()
         for split, rows in (("calib", calib), ("eval", evaluation)):
             with open(staging / f"{split}.jsonl", "w") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         write_manifest(staging, {
             "dataset": spec.name,
             **recipe(spec),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def _spec(raw: dict, where: Path) -> DatasetSpec:
     return DatasetSpec(**fields, extra={k: v for k, v in raw.items() if k not in known})
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_datasets() -> dict[str, DatasetSpec]:
     specs = {}
     for path in registry_files():
@@ -101,7 +101,7 @@ def all_datasets() -> dict[str, DatasetSpec]:
     return specs
 
 
-@lru_cache(maxsize=None)
+@cache
 def families() -> dict[str, dict]:
     """{family: {"group": lm-eval group name, "members": [dataset names]}}."""
     out = {}
