@@ -94,3 +94,21 @@ def test_calib_c4_without_hub_fails_with_one_line(tmp_home, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("qgen: error: dataset 'c4' is not prepared and needs Hugging Face hub access")
     assert "qgen prepare c4 --from DIR" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_hub_task_configs_index_and_build_requests_on_fixture_data(tmp_home, tmp_path):
+    from lm_eval.tasks import get_task_dict
+
+    from qgen.evaluate.suite import task_manager
+
+    tm = task_manager()
+    hub = [s for s in registry.all_datasets().values() if not s.offline]
+    assert {s.lm_eval_task for s in hub} <= set(tm.all_tasks)
+    assert {"qgen_boss_sa", "qgen_ceval", "qgen_cmmlu", "qgen_mmlu", "qgen_multiemo"} <= set(tm.all_subtasks) | set(
+        tm.all_groups)
+    _prepare_all(["c4"], hub_formats.write_c4(tmp_path / "c4"))
+    _prepare_all(registry.families()["boss_qa"]["members"], hub_formats.write_boss(tmp_path / "BOSS"))
+    for task in ("qgen_c4", "qgen_boss_qa_squad"):
+        t = get_task_dict([task], tm)[task]
+        t.build_all_requests(limit=1, rank=0, world_size=1)
+        assert t.instances, task

@@ -1,9 +1,10 @@
 """The dataset registry: one YAML file per dataset in `qgen/data/datasets/`.
 
 Each entry says what the dataset is (task type, language, scenario tags), where it comes from (a member of a
-registry-package archive, or a hub id for users with hub access), how its rows split into two disjoint parts —
+registry-package archive, a local file, or a hub repository / local copy laid out like it), how its rows split into two disjoint parts —
 one for calibration, one for evaluation — and how an example renders as calibration text (what the model sees
-at test time, without the answer). Adding a dataset is adding one YAML file here.
+at test time, without the answer). Adding a dataset is adding one YAML file here (or, for a user's own data, in
+a folder named by $QGEN_DATASETS_DIR); see docs/datasets.md.
 
 A family of alike datasets (MMLU categories, multiemo languages, BBQ categories) is one file with `base:` (the
 shared fields), `variants:` ({name: fields merged over base}) and `lm_eval_group:` (the lm-eval group that runs
@@ -41,7 +42,7 @@ class DatasetSpec:
     task_type: str  # corpus | multiple_choice | generation
     language: str
     scenarios: tuple[str, ...]
-    source: dict[str, Any]  # package + member + format (offline), or hub: {path, name, split, field}
+    source: dict[str, Any]  # format + member(s) of a package archive, a local `path`, or a hub repo / local copy
     split: dict[str, Any]  # how rows become the calib and eval parts, recorded with the data
     calib_text: str  # Jinja template: one example -> the text used for calibration
     lm_eval_task: str | None = None
