@@ -79,3 +79,4 @@ def test_qa_scores_follow_squad_normalization():
     partial = qgen_data.qa_scores(doc, ["the Broncos of Denver"])
     assert partial["exact_match"] == 0.0 and abs(partial["f1"] - 0.8) < 1e-9  # vs "denver broncos": p 2/3, r 1
     assert qgen_data.qa_scores(doc, ["Carolina"]) == {"exact_match": 0.0, "f1": 0.0}
+    assert qgen_data.qa_scores(doc, ["\n Broncos\nmore text"])["exact_match"] == 1.0  # first non-empty line

@@ -38,8 +38,9 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def qa_scores(doc: dict, results: list[str]) -> dict:
-    """Exact match and token F1 of the generated answer against the best-matching reference answer."""
-    prediction = results[0].strip()
+    """Exact match and token F1 of the generated answer (its first non-empty line) against the best-matching
+    reference answer."""
+    prediction = next((line.strip() for line in results[0].splitlines() if line.strip()), "")
     answers = doc["answers"] or [""]
     return {"exact_match": max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers),
             "f1": max(token_f1(prediction, a) for a in answers)}
