@@ -60,3 +60,14 @@ def test_prepared_calibration_set_loads_under_a_second():
     rows = registry.load_split("xsum", "calib")
     texts = [registry.render(registry.get("xsum").calib_text, r) for r in rows]
     assert time.perf_counter() - start < 1.0 and len(texts) == 800
+
+
+def test_command_line_calib_options_are_checked_in_one_line():
+    from qgen.errors import QgenError
+    from qgen.validate import check_overrides
+
+    check_overrides(["-m", "calib=c4,wiki,squad"])  # a sweep over registered datasets
+    with pytest.raises(QgenError, match=r"add -m .*calib.dataset=\[c4,wiki\]"):
+        check_overrides(["calib=c4,wiki"])
+    with pytest.raises(QgenError, match="unknown calib option 'c5'"):
+        check_overrides(["-m", "calib=c4,c5"])

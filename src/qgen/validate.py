@@ -39,6 +39,9 @@ def check_overrides(argv: list[str]) -> None:
         for choice in (v.strip().strip("'\"") for v in value.split(",")):
             if choice and choice not in options:
                 raise QgenError(f"unknown {group} option {choice!r}; available: {', '.join(options)}")
+        if "," in value and not {"-m", "--multirun"} & set(argv):
+            hint = f"; for a calibration mixture use calib.dataset=[{value}]" if group == "calib" else ""
+            raise QgenError(f"{arg} names several options: add -m (--multirun) to run one job per option{hint}")
 
 
 def _is_int(value) -> bool:
