@@ -84,7 +84,7 @@ def cmd_datasets(args) -> None:
         return
     for r in rows:
         size = f"{r['rows']['calib']}/{r['rows']['eval']}" if r["rows"] else "-"
-        print(f"{r['name']:<24} {r['task_type']:<16} {r['language']:<4} {','.join(r['scenarios']):<22} "
+        print(f"{r['name']:<28} {r['task_type']:<16} {r['language']:<6} {','.join(r['scenarios']):<28} "
               f"calib/eval {size:<11} {'available' if r['available'] else 'missing'}")
 
 
