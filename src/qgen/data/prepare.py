@@ -149,6 +149,13 @@ def read_lines(data: bytes, source: dict) -> list[dict]:
     return rows
 
 
+@reader("fortune")
+def read_fortune(data: bytes, source: dict) -> list[dict]:
+    """A fortune(6) file: entries separated by lines holding a single `%`."""
+    entries = re.split(r"^%$", data.decode("utf-8", errors="replace"), flags=re.MULTILINE)
+    return [{"text": e.strip("\n")} for e in entries if e.strip()]
+
+
 @reader("bigbench")
 def read_bigbench(data: bytes, source: dict) -> list[dict]:
     """A BIG-bench task.json: multiple-choice examples (`target_scores`) get `choices` and the index `label` of
