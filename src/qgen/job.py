@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from qgen.data.overlap import check_job_overlap
 from qgen.errors import QgenError
 from qgen.record import index
 from qgen.record.results import JobRecord, atomic_write_json, job_id
@@ -271,6 +272,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     previous = skip_if_done(cfg, out_dir)
     if previous is not None:
         return {"status": "skipped", "job_id": job_id(cfg), "results": str(previous)}
+    check_job_overlap(cfg)  # calibration data must be there and share no example with the eval suite
     if cfg.runtime.get("threads"):
         torch.set_num_threads(int(cfg.runtime.threads))
     torch.manual_seed(cfg.seed)
