@@ -107,6 +107,11 @@ def fetch_archive(name: str) -> Path:
         log.info("downloading %s", pkg.spec)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             proc = subprocess.run(pkg.download_command(tmp), capture_output=True, text=True, check=False, cwd=tmp)
+            if proc.returncode != 0 and pkg.registry == "debian":
+                # a fresh machine may have no package lists yet: refresh them once and try again
+                subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, check=False)
+                proc = subprocess.run(pkg.download_command(tmp), capture_output=True, text=True, check=False,
+                                      cwd=tmp)
             got = Path(tmp) / pkg.filename
             if proc.returncode != 0 or not got.exists():
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
