@@ -30,8 +30,9 @@ class AWQ(QuantMethod):
     needs_calibration = True
 
     def __init__(self, weight, act, n_grid: int = 20, max_shrink: float = 0.5, clip: bool = True,
-                 clip_tokens: int = 512, clip_skip: tuple = ("q_proj", "k_proj", "W_pack"), token_stride: int = 16):
-        super().__init__(weight, act)
+                 clip_tokens: int = 512, clip_skip: tuple = ("q_proj", "k_proj", "W_pack"), token_stride: int = 16,
+                 **hparams):
+        super().__init__(weight, act, **hparams)
         for key, v in (("n_grid", n_grid), ("clip_tokens", clip_tokens), ("token_stride", token_stride)):
             if not isinstance(v, int) or v < 1:
                 raise QgenError(f"awq.{key}={v!r} is not allowed: use a positive integer")

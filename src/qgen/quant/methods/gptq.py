@@ -27,8 +27,8 @@ class GPTQ(QuantMethod):
     needs_calibration = True
 
     def __init__(self, weight, act, damp_percent: float = 0.01, block_size: int = 128, desc_act: bool = False,
-                 static_groups: bool = False):
-        super().__init__(weight, act)
+                 static_groups: bool = False, **hparams):
+        super().__init__(weight, act, **hparams)
         if not 0 < damp_percent <= 10:
             raise QgenError(f"gptq.damp_percent={damp_percent!r} is not allowed: use a number in (0, 10]")
         if not isinstance(block_size, int) or block_size < 1:

@@ -24,8 +24,8 @@ class SmoothQuant(QuantMethod):
     name = "smoothquant"
     needs_calibration = True
 
-    def __init__(self, weight, act, alpha: float = 0.5, static: bool = False):
-        super().__init__(weight, act)
+    def __init__(self, weight, act, alpha: float = 0.5, static: bool = False, **hparams):
+        super().__init__(weight, act, **hparams)
         if not 0 <= alpha <= 1:
             raise QgenError(f"smoothquant.alpha={alpha!r} is not allowed: use a number in [0, 1]")
         if static and act.enabled and act.granularity != "per_tensor":

@@ -33,8 +33,8 @@ class SpQR(QuantMethod):
 
     def __init__(self, weight, act, group_size: int = 16, stat_bits: int = 3, stat_group_size: int = 16,
                  outlier_threshold: float = 0.2, damp_percent: float = 1.0, act_order: bool = True,
-                 block_size: int = 128):
-        super().__init__(weight, act)
+                 block_size: int = 128, **hparams):
+        super().__init__(weight, act, **hparams)
         for key, v in (("group_size", group_size), ("stat_bits", stat_bits), ("stat_group_size", stat_group_size),
                        ("block_size", block_size)):
             if not isinstance(v, int) or v < 1:
