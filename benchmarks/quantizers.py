@@ -106,7 +106,10 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         notes = ", ".join(f"{k[5:]} {v:.4g}" for k, v in r.items() if k.startswith("mean_"))
         rel = f"{100 * (r['ppl'] / fp - 1):+.1f} %" if fp else ""
-        rss = r.get("peak_rss_mb")
+        rss = r.get("peak_rss_mb") if "peak_rss_load_mb" in r else None  # older rows: whole-process peak only
+        if "peak_rss_load_mb" not in r:
+            what = "load+quantization" if "peak_rss_with_eval_mb" in r else "load+eval"
+            notes = ", ".join(filter(None, [notes, f"process peak incl. {what} {r['peak_rss_mb']} MB"]))
         ratio = f"{rss / r['fp32_model_mb']:.2f}" if rss and r["quantizer"] != "none" else "-"
         calib = r["calib"] if r["quantizer"] not in ("none", "rtn") else "-"
         lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r['quantize_s']} | {rss or '-'} | {ratio} | "
@@ -139,7 +142,7 @@ def main() -> None:
         quantizer, bits = run.split(":")
         cmd = [sys.executable, __file__, "--child", quantizer, bits, "--n-samples", str(args.n_samples),
                "--seq-len", str(args.seq_len)] + (["--threads", str(args.threads)] if args.threads else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             print(f"{run} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from quant_util import calib_ids, layer_errors, quantized
 from torch import nn
 
 from qgen.errors import QgenError
@@ -16,8 +15,9 @@ from qgen.quant.engine import quantize_model
 from qgen.quant.fold import fold_scales
 from qgen.quant.grid import WeightFormat
 from qgen.quant.methods import build
+from quant_util import calib_ids, layer_errors, quantized
 
-SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+SMALL = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
 
 
 def _tiny(family: str):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from quant_util import calib_ids, quantized, tiny_llama
 
 from qgen.errors import QgenError
 from qgen.quant.export import export_compressed_tensors
+from quant_util import calib_ids, quantized, tiny_llama
 
 pytest.importorskip("compressed_tensors")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from quant_util import calib_ids, layer_errors, quantized, tiny_llama
 
 from qgen.errors import QgenError
 from qgen.models.arch import adapter_for
@@ -12,8 +11,9 @@ from qgen.quant.activations import ActFormat
 from qgen.quant.grid import WeightFormat, grid_of
 from qgen.quant.hessian import inverse_factor
 from qgen.quant.methods import build
+from quant_util import calib_ids, layer_errors, quantized, tiny_llama
 
-W3G128 = dict(bits=3, group_size=128)  # tiny-llama's 192-wide inputs: groups of 128 and a short one of 64
+W3G128 = {"bits": 3, "group_size": 128}  # tiny-llama's 192-wide inputs: groups of 128 and a short one of 64
 AWQ = ("awq", {"token_stride": 1})
 
 
@@ -78,7 +78,7 @@ def test_smoothquant_w8a8_beats_rtn_with_activation_outliers(setup, static):
     model, ids = setup
     model = _with_activation_outliers()
     act = ActFormat(8, "per_tensor" if static else "per_token")
-    fmt = dict(bits=8, symmetric=True, act=act, ids=ids)
+    fmt = {"bits": 8, "symmetric": True, "act": act, "ids": ids}
     rtn = layer_errors(model, quantized(model, [("rtn", {})], **fmt)[0], ids)
     sq_model, report = quantized(model, [("smoothquant", {"static": static})], **fmt)
     sq = layer_errors(model, sq_model, ids)

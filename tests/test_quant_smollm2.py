@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
+
 from quant_util import CONF, layer_errors, quantized
 
 pytestmark = pytest.mark.asset
@@ -25,7 +26,7 @@ def smollm2():
 
 def test_smollm2_layerwise_orderings(smollm2):
     model, ids = smollm2
-    bits = dict(bits=3, group_size=128)  # 576-wide inputs: four groups of 128 and a short one of 64
+    bits = {"bits": 3, "group_size": 128}  # 576-wide inputs: four groups of 128 and a short one of 64
     err = {name: layer_errors(model, quantized(model, steps, ids=ids, **bits)[0], ids) for name, steps in {
         "rtn": [("rtn", {})], "gptq": [("gptq", {})], "awq": [("awq", {"token_stride": 1})],
         "spqr": [("spqr", {"damp_percent": 0.01})]}.items()}
