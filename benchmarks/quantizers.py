@@ -100,7 +100,7 @@ def _reset_peak_rss() -> None:
 
 def table(rows: list[dict]) -> str:
     fp = next((r["ppl"] for r in rows if r["quantizer"] == "none"), None)
-    head = ("| quantizer | bits | calibration | quantize time (s) | peak RSS while quantizing (MB) | / fp32 model "
+    head = ("| quantizer | bits | calibration | torch threads | quantize time (s) | peak RSS while quantizing (MB) | / fp32 model "
             "| held-out ppl | vs FP | notes |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
@@ -112,7 +112,7 @@ def table(rows: list[dict]) -> str:
             notes = ", ".join(filter(None, [notes, f"process peak incl. {what} {r['peak_rss_mb']} MB"]))
         ratio = f"{rss / r['fp32_model_mb']:.2f}" if rss and r["quantizer"] != "none" else "-"
         calib = r["calib"] if r["quantizer"] not in ("none", "rtn") else "-"
-        lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r['quantize_s']} | {rss or '-'} | {ratio} | "
+        lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r.get('threads')} | {r['quantize_s']} | {rss or '-'} | {ratio} | "
                      f"{r['ppl']:.3f} | {rel} | {notes} |")
     return "\n".join(lines)
 
