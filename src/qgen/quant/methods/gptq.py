@@ -98,7 +98,7 @@ class GPTQ(QuantMethod):
         params = QuantParams(scale, zero, fmt, cols, col_group if scattered else None)
         info = {"damp_percent": f.damp_percent, "damp_retries": f.damp_retries, "dead_columns": int(f.dead.sum()),
                 "act_order": self.desc_act, "static_groups": self.static_groups, "n_groups": len(groups),
-                "last_group_size": groups[-1][1] - groups[-1][0], "hessian_loss": float(loss.sum())}
+                "last_group_size": groups[-1][1] - groups[-1][0], "subset_hessian_loss": float(loss.sum())}
         return out, params, info
 
 
