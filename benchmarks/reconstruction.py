@@ -12,22 +12,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from qgen.quant.activations import ActFormat
 from quant_util import calib_ids, layer_errors, quantized, tiny_llama
 from test_quant_methods import _with_activation_outliers
-
-from qgen.quant.activations import ActFormat
 
 
 def main() -> None:
     model = tiny_llama(0)
     ids = calib_ids(model.config.vocab_size, n=16, seq=64)
     awq = ("awq", {"token_stride": 1})
-    rows = [("W3 g128", name, model, steps, dict(bits=3, group_size=128)) for name, steps in (
+    rows = [("W3 g128", name, model, steps, {"bits": 3, "group_size": 128}) for name, steps in (
         ("rtn", [("rtn", {})]), ("gptq", [("gptq", {})]), ("gptq desc_act", [("gptq", {"desc_act": True})]),
         ("awq", [awq]), ("awq+gptq", [awq, ("gptq", {})]), ("spqr (damp 0.01)", [("spqr", {"damp_percent": 0.01})]),
         ("spqr (defaults)", [("spqr", {})]))]
     outliers = _with_activation_outliers()
-    w8a8 = dict(bits=8, symmetric=True, act=ActFormat(8, "per_token"))
+    w8a8 = {"bits": 8, "symmetric": True, "act": ActFormat(8, "per_token")}
     rows += [("W8A8, outliers x40", name, outliers, steps, w8a8) for name, steps in (
         ("rtn", [("rtn", {})]), ("smoothquant", [("smoothquant", {})]),
         ("smoothquant+gptq", [("smoothquant", {}), ("gptq", {})]))]
