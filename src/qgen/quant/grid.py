@@ -32,21 +32,51 @@ class WeightFormat:
         return [(s, min(s + size, in_features)) for s in range(0, in_features, size)]
 
 
+def column_groups(fmt: WeightFormat, in_features: int) -> torch.Tensor:
+    """Group index of each input column when groups are consecutive columns."""
+    idx = torch.empty(in_features, dtype=torch.long)
+    for g, (s, e) in enumerate(fmt.groups(in_features)):
+        idx[s:e] = g
+    return idx
+
+
 @dataclass
 class QuantParams:
-    """Per-row, per-group grid: scale and zero are [out_features, n_groups]."""
+    """Per-row, per-group grid: scale and zero are [out_features, n_groups]. `g_idx` maps each input column to
+    its group when the groups are not consecutive columns (GPTQ act-order without static groups)."""
 
     scale: torch.Tensor
     zero: torch.Tensor
     fmt: WeightFormat
     in_features: int
+    g_idx: torch.Tensor | None = None
 
     def column_group(self) -> torch.Tensor:
         """Group index of each input column."""
-        idx = torch.empty(self.in_features, dtype=torch.long)
-        for g, (s, e) in enumerate(self.fmt.groups(self.in_features)):
-            idx[s:e] = g
-        return idx
+        return self.g_idx.clone() if self.g_idx is not None else column_groups(self.fmt, self.in_features)
+
+    def integers(self, w: torch.Tensor) -> torch.Tensor:
+        """The grid integers of weights that lie on this grid, [out_features, in_features]."""
+        g = self.column_group().to(w.device)
+        return quantize_int(w.float(), self.scale.to(w.device)[:, g], self.zero.to(w.device)[:, g], self.fmt.maxq)
+
+    def dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        g = self.column_group().to(q.device)
+        return dequantize(q, self.scale.to(q.device)[:, g], self.zero.to(q.device)[:, g])
+
+
+_GRID_ATTR = "_qgen_grid"
+
+
+def attach_grid(linear, params: QuantParams) -> None:
+    """Remember on the module the grid its weights were put on (for tests and export), on the CPU."""
+    setattr(linear, _GRID_ATTR, QuantParams(params.scale.detach().float().cpu(), params.zero.detach().float().cpu(),
+                                            params.fmt, params.in_features,
+                                            None if params.g_idx is None else params.g_idx.cpu()))
+
+
+def grid_of(linear) -> QuantParams | None:
+    return getattr(linear, _GRID_ATTR, None)
 
 
 def fit_grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qgen.quant.grid import quantize_weight
+from qgen.quant.grid import attach_grid, quantize_weight
 from qgen.quant.methods.base import QuantMethod, SubsetContext, register
 
 
@@ -17,6 +17,7 @@ class RTN(QuantMethod):
         for path, linear in ctx.linears.items():
             w_hat, params = quantize_weight(linear.weight.data.to(ctx.device), self.weight)
             linear.weight.data.copy_(w_hat.to(linear.weight.dtype))
+            attach_grid(linear, params)
             report[path] = grid_report(linear.weight.shape, self.weight)
         return report
 

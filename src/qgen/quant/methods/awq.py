@@ -1,0 +1,109 @@
+"""AWQ (Lin et al., 2024): protect the weights that meet large activations by scaling them up before rounding.
+
+Per subset, from the calibration inputs X: the mean magnitude of each input channel, x̄. For α on a grid of
+`n_grid` points in [0, 1): s = x̄^α, normalised by sqrt(max s · min s); the subset's weights are quantized as
+Q(W·diag(s))·diag(s)⁻¹ and the α whose outputs X·Ŵᵀ are closest (MSE) to X·Wᵀ wins. Its scales are folded into the
+op producing X (norm weight, or a linear's output rows; see qgen.quant.fold) — only where the adapter marks the
+subset foldable. Then, per linear, a clipping search: per output row and group, the largest |w| is shrunk over
+(1 - i/n_grid) for i < max_shrink·n_grid and the value with the smallest output error on `clip_tokens` tokens is
+kept (skipped for the layers named in `clip_skip`, whose outputs meet in q·kᵀ). As the last method, AWQ puts the
+weights on the round-to-nearest grid; before GPTQ (awq+gptq) it only scales and clips.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qgen.errors import QgenError
+from qgen.quant.fold import fold_scales
+from qgen.quant.grid import attach_grid, fake_quantize, fit_grid, quantize_weight
+from qgen.quant.methods.base import QuantMethod, SubsetContext, register
+
+
+def _rtn(w: torch.Tensor, fmt) -> torch.Tensor:
+    return quantize_weight(w, fmt)[0]
+
+
+@register
+class AWQ(QuantMethod):
+    name = "awq"
+    needs_calibration = True
+
+    def __init__(self, weight, act, n_grid: int = 20, max_shrink: float = 0.5, clip: bool = True,
+                 clip_tokens: int = 512, clip_skip: tuple = ("q_proj", "k_proj", "W_pack"), token_stride: int = 16,
+                 **hparams):
+        super().__init__(weight, act, **hparams)
+        for key, v in (("n_grid", n_grid), ("clip_tokens", clip_tokens), ("token_stride", token_stride)):
+            if not isinstance(v, int) or v < 1:
+                raise QgenError(f"awq.{key}={v!r} is not allowed: use a positive integer")
+        if not 0 <= max_shrink < 1:
+            raise QgenError(f"awq.max_shrink={max_shrink!r} is not allowed: use a number in [0, 1)")
+        self.n_grid, self.max_shrink, self.clip, self.clip_tokens = n_grid, float(max_shrink), bool(clip), clip_tokens
+        self.clip_skip, self.token_stride = tuple(clip_skip), token_stride
+
+    def start(self, ctx: SubsetContext) -> None:
+        self.abs_sum, self.count, self.kept = None, 0, []
+
+    def observe(self, ctx: SubsetContext, x: torch.Tensor) -> None:
+        s = x.abs().sum(0)
+        self.abs_sum = s if self.abs_sum is None else self.abs_sum + s
+        self.count += x.shape[0]
+        self.kept.append(x[:: self.token_stride].clone())  # every token_stride-th token for the searches
+
+    def apply(self, ctx: SubsetContext) -> dict[str, dict]:
+        x = torch.cat(self.kept)
+        linears = list(ctx.linears.values())
+        w = torch.cat([lin.weight.data.to(ctx.device).float() for lin in linears])
+        ratio, loss = None, None
+        if ctx.subset.foldable and ctx.prev_op is not None:
+            ratio, s, loss = self.search_scale(x, w, self.abs_sum / self.count)
+            fold_scales(ctx.prev_op, linears, s)
+            x = x / s
+        report = {}
+        for (path, linear) in ctx.linears.items():
+            shrink = None
+            if self.clip and not path.rsplit(".", 1)[-1] in self.clip_skip:
+                shrink = self.clip_weight(linear, x)
+            if ctx.final:
+                w_hat, params = quantize_weight(linear.weight.data.to(ctx.device), self.weight)
+                linear.weight.data.copy_(w_hat.to(linear.weight.dtype))
+                attach_grid(linear, params)
+            report[path] = {"scaled": ratio is not None, "ratio": ratio, "search_loss": loss,
+                            "clip_mean_shrink": shrink, "search_tokens": x.shape[0]}
+        self.kept = []
+        return report
+
+    def search_scale(self, x: torch.Tensor, w: torch.Tensor, x_mean: torch.Tensor):
+        y = x @ w.t()
+        best = (float("inf"), None, None)
+        for i in range(self.n_grid):
+            ratio = i / self.n_grid
+            s = x_mean.pow(ratio).clamp(min=1e-4)
+            s = s / (s.max() * s.min()).sqrt()
+            loss = float(((x @ (_rtn(w * s, self.weight) / s).t() - y) ** 2).mean())
+            if loss < best[0]:
+                best = (loss, ratio, s)
+        return best[1], best[2], best[0]
+
+    def clip_weight(self, linear, x: torch.Tensor) -> float:
+        """Shrink each row's range per group where that lowers the group's output error; returns the mean shrink."""
+        fmt, w = self.weight, linear.weight.data.to(x.device).float()
+        xs = x[torch.linspace(0, x.shape[0] - 1, min(self.clip_tokens, x.shape[0])).long()]
+        chosen = []
+        for s0, s1 in fmt.groups(w.shape[1]):
+            wg, xg = w[:, s0:s1], xs[:, s0:s1].t()
+            ref = wg @ xg
+            org_max = wg.abs().amax(1, keepdim=True)
+            best_err = torch.full_like(org_max, float("inf"))
+            best_max = org_max.clone()
+            for i in range(int(self.max_shrink * self.n_grid)):
+                max_val = org_max * (1 - i / self.n_grid)
+                cw = torch.clamp(wg, -max_val, max_val)
+                scale, zero = fit_grid(cw, fmt.bits, fmt.symmetric)
+                err = ((fake_quantize(cw, scale, zero, fmt.maxq) @ xg - ref) ** 2).mean(1, keepdim=True)
+                better = err < best_err
+                best_err[better], best_max[better] = err[better], max_val[better]
+            w[:, s0:s1] = torch.clamp(wg, -best_max, best_max)
+            chosen.append((best_max / org_max.clamp(min=1e-12)).mean())
+        linear.weight.data.copy_(w.to(linear.weight.device, linear.weight.dtype))
+        return float(1 - torch.stack(chosen).mean())

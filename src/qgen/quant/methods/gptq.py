@@ -1,0 +1,115 @@
+"""GPTQ (Frantar et al., 2023): quantize one column at a time and spread its error over the columns not yet
+quantized, weighted by the inverse Hessian of the layer's squared output error.
+
+Per subset: H = 2/n Σ x xᵀ over the calibration inputs (shared by the subset's linears). Per linear: dead
+columns zeroed, optional act-order (columns by decreasing H_ii), dampening (raised automatically when the
+Cholesky factorisation fails), the upper Cholesky factor U of H⁻¹, then blocks of `block_size` columns: inside a
+block the error of each column updates the rest of the block at once ("lazy batch" updates), and the block's
+accumulated error updates all later columns with one matrix product. A group's grid is fitted when the solver
+reaches its first column, on the weights as updated so far; with `static_groups` all grids are fitted up front on
+the original weights, so act-order does not scatter the groups. The engine re-captures each subset's inputs after
+the previous subsets of the block were quantized (true-sequential).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qgen.errors import QgenError
+from qgen.quant.grid import QuantParams, attach_grid, column_groups, fake_quantize, fit_grid
+from qgen.quant.hessian import HessianAccumulator, inverse_factor
+from qgen.quant.methods.base import QuantMethod, SubsetContext, register
+
+
+@register
+class GPTQ(QuantMethod):
+    name = "gptq"
+    needs_calibration = True
+
+    def __init__(self, weight, act, damp_percent: float = 0.01, block_size: int = 128, desc_act: bool = False,
+                 static_groups: bool = False, **hparams):
+        super().__init__(weight, act, **hparams)
+        if not 0 < damp_percent <= 10:
+            raise QgenError(f"gptq.damp_percent={damp_percent!r} is not allowed: use a number in (0, 10]")
+        if not isinstance(block_size, int) or block_size < 1:
+            raise QgenError(f"gptq.block_size={block_size!r} is not allowed: use a positive integer")
+        self.damp_percent, self.block_size = float(damp_percent), block_size
+        self.desc_act, self.static_groups = bool(desc_act), bool(static_groups)
+        self.hessian: HessianAccumulator | None = None
+
+    def start(self, ctx: SubsetContext) -> None:
+        first = next(iter(ctx.linears.values()))
+        self.hessian = HessianAccumulator(first.in_features, ctx.device)
+
+    def observe(self, ctx: SubsetContext, x: torch.Tensor) -> None:
+        self.hessian.add(x)
+
+    def apply(self, ctx: SubsetContext) -> dict[str, dict]:
+        # The grid is per output row, so the subset's linears (same input, same H) are solved as one stacked matrix.
+        linears = list(ctx.linears.values())
+        w = torch.cat([lin.weight.data.to(ctx.device).float() for lin in linears])
+        w_hat, params, info = self.solve(w, self.hessian.H)
+        self.hessian = None
+        return store_rows(ctx, w_hat, params, info)
+
+    def solve(self, w: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, QuantParams, dict]:
+        fmt, rows, cols = self.weight, w.shape[0], w.shape[1]
+        f = inverse_factor(H, self.damp_percent, self.desc_act)
+        w = w.clone()
+        w[:, f.dead] = 0
+        groups = fmt.groups(cols)
+        static = [fit_grid(w[:, s:e], fmt.bits, fmt.symmetric) for s, e in groups] if self.static_groups else None
+        perm = f.perm if f.perm is not None else torch.arange(cols, device=w.device)
+        nat_group = column_groups(fmt, cols).to(w.device)
+        w = w[:, perm]
+        start_of = {s: g for g, (s, _) in enumerate(groups)}  # solver position -> group (dynamic groups)
+        scale = torch.zeros(rows, len(groups), device=w.device)
+        zero = torch.zeros_like(scale)
+        col_group = torch.empty(cols, dtype=torch.long, device=w.device)  # natural column -> group
+        q = torch.zeros_like(w)
+        loss = torch.zeros(rows, device=w.device)
+        U, cur = f.hinv, None
+        for b0 in range(0, cols, self.block_size):
+            b1 = min(b0 + self.block_size, cols)
+            wb, err = w[:, b0:b1].clone(), torch.zeros(rows, b1 - b0, device=w.device)
+            for i in range(b1 - b0):
+                pos = b0 + i
+                if static is not None:
+                    g = int(nat_group[perm[pos]])
+                    cur = static[g]
+                elif pos in start_of:
+                    g = start_of[pos]
+                    end = groups[g][1]
+                    cur = fit_grid(torch.cat([wb[:, i:], w[:, b1:]], 1)[:, : end - pos], fmt.bits, fmt.symmetric)
+                scale[:, g], zero[:, g] = cur[0][:, 0], cur[1][:, 0]
+                col_group[perm[pos]] = g
+                col = wb[:, i]
+                qc = fake_quantize(col.unsqueeze(1), cur[0], cur[1], fmt.maxq)[:, 0]
+                q[:, pos] = qc
+                d = U[pos, pos]
+                loss += (col - qc) ** 2 / d**2 / 2
+                e = (col - qc) / d
+                wb[:, i:] -= e.unsqueeze(1) * U[pos, pos:b1].unsqueeze(0)
+                err[:, i] = e
+            w[:, b1:] -= err @ U[b0:b1, b1:]
+        out = torch.empty_like(q)
+        out[:, perm] = q
+        scattered = f.perm is not None and static is None
+        params = QuantParams(scale, zero, fmt, cols, col_group if scattered else None)
+        info = {"damp_percent": f.damp_percent, "damp_retries": f.damp_retries, "dead_columns": int(f.dead.sum()),
+                "act_order": self.desc_act, "static_groups": self.static_groups, "n_groups": len(groups),
+                "last_group_size": groups[-1][1] - groups[-1][0], "subset_hessian_loss": float(loss.sum())}
+        return out, params, info
+
+
+def store_rows(ctx: SubsetContext, w_hat: torch.Tensor, params: QuantParams, info: dict) -> dict[str, dict]:
+    """Split a stacked result back into the subset's linears (weights and grids); the report is per linear."""
+    report, r0 = {}, 0
+    for path, linear in ctx.linears.items():
+        r1 = r0 + linear.out_features
+        linear.weight.data.copy_(w_hat[r0:r1].to(linear.weight.device, linear.weight.dtype))
+        attach_grid(linear, QuantParams(params.scale[r0:r1], params.zero[r0:r1], params.fmt, params.in_features,
+                                        params.g_idx))
+        report[path] = dict(info)
+        r0 = r1
+    return report

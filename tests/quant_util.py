@@ -1,0 +1,80 @@
+"""Shared helpers of the quantizer tests: a seeded tiny model, quantization by method list, per-layer errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from qgen.models.arch import adapter_for
+from qgen.quant.activations import ActFormat
+from qgen.quant.engine import EngineSettings, quantize_model
+from qgen.quant.fold import input_scale, output_scale
+from qgen.quant.grid import WeightFormat
+from qgen.quant.methods import build
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def tiny_llama(seed: int = 0):
+    from qgen.models.tiny import tiny_llama as make
+
+    cfg = OmegaConf.load(CONF / "model" / "tiny-llama.yaml")
+    model, _ = make(dict(cfg.random_init), seed=seed, dtype=torch.float32)
+    return model.eval()
+
+
+def calib_ids(vocab: int, n: int = 16, seq: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, seq), generator=g)
+
+
+def quantized(model, steps: list, bits: int, group_size: int = -1, symmetric: bool = False,
+              act: ActFormat | None = None, ids=None, batch_size: int = 8):
+    """A quantized deep copy of model; steps: [(method name, {settings})]."""
+    model = copy.deepcopy(model)
+    fmt = WeightFormat(bits, group_size, symmetric)
+    act = act or ActFormat()
+    methods = [build(name, fmt, act, dict(hp)) for name, hp in steps]
+    report = quantize_model(model, adapter_for(model.config.model_type), methods, act, ids, torch.device("cpu"),
+                            EngineSettings(batch_size=batch_size))
+    return model, report
+
+
+@torch.no_grad()
+def layer_errors(fp_model, q_model, ids: torch.Tensor) -> dict[str, float]:
+    """Relative output error of every quantized linear on the input it sees in the quantized model, measured in
+    the original coordinates (scales folded by AWQ/SmoothQuant undone): ||ŷ - W x||² / ||W x||²."""
+    adapter = adapter_for(q_model.config.model_type)
+    paths = [f"{adapter.blocks}.{i}.{p}" for i in range(len(adapter.block_list(q_model)))
+             for p in adapter.linear_names()]
+    seen, handles = {}, []
+    for path in paths:
+        lin = q_model.get_submodule(path)
+
+        def pre(module, args, path=path):
+            seen[path] = [args[0].detach().clone()]
+
+        def post(module, args, out, path=path):
+            seen[path].append(out.detach().clone())
+
+        handles.append(lin.register_forward_pre_hook(pre, prepend=True))
+        handles.append(lin.register_forward_hook(post))
+    try:
+        q_model(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    errors = {}
+    for path in paths:
+        x, y = seen[path]
+        lin, ref_lin = q_model.get_submodule(path), fp_model.get_submodule(path)
+        s_in, s_out = input_scale(lin), output_scale(lin)
+        x = x * s_in if s_in is not None else x
+        y = y * s_out if s_out is not None else y
+        ref = F.linear(x, ref_lin.weight, ref_lin.bias)
+        errors[path] = float(((y - ref) ** 2).sum() / (ref**2).sum())
+    return errors

@@ -1,0 +1,137 @@
+"""Each declared architecture adapter against a tiny randomly initialised model of that family (no download)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from qgen.errors import QgenError
+from qgen.models.arch import adapter_for
+from qgen.quant.activations import ActFormat
+from qgen.quant.engine import quantize_model
+from qgen.quant.fold import fold_scales
+from qgen.quant.grid import WeightFormat
+from qgen.quant.methods import build
+from quant_util import calib_ids, layer_errors, quantized
+
+SMALL = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+
+
+def _tiny(family: str):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if family == "opt":
+        cfg = tf.OPTConfig(vocab_size=300, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                           word_embed_proj_dim=64, max_position_embeddings=128)
+        return tf.OPTForCausalLM(cfg).eval()
+    config_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+                             "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+                             "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[family]
+    return model_cls(config_cls(**SMALL, num_attention_heads=4, num_key_value_heads=2)).eval()
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "opt"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_declares_real_layers(family):
+    model = _tiny(family)
+    adapter = adapter_for(model.config.model_type)
+    block = adapter.block_list(model)[0]
+    declared = set()
+    for subset in adapter.subsets_for(model):
+        widths = {block.get_submodule(p).in_features for p in subset.linears}
+        assert len(widths) == 1, subset  # the linears of a subset read the same input
+        prev = block.get_submodule(subset.prev_op)
+        out_width = prev.out_features if isinstance(prev, nn.Linear) else prev.weight.numel()
+        if subset.foldable:
+            assert out_width == widths.pop(), subset
+        declared.update(subset.linears)
+    linears = {n for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    assert declared == linears  # every linear of the block is quantized, none twice
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_folding_into_every_foldable_subset_keeps_the_function(family):
+    model = _tiny(family)
+    ids = calib_ids(300, n=2, seq=16)
+    with torch.no_grad():
+        ref = model(ids).logits
+        adapter = adapter_for(model.config.model_type)
+        g = torch.Generator().manual_seed(1)
+        for block in adapter.block_list(model):
+            for subset in adapter.subsets_for(model):
+                if not subset.foldable:
+                    continue
+                linears = [block.get_submodule(p) for p in subset.linears]
+                s = torch.rand(linears[0].in_features, generator=g) * 4 + 0.25
+                fold_scales(block.get_submodule(subset.prev_op), linears, s)
+        torch.testing.assert_close(model(ids).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_query_attention_makes_v_to_o_unfoldable():
+    model = _tiny("qwen2")  # 4 heads, 2 KV heads
+    vo = [s for s in adapter_for("qwen2").subsets_for(model) if s.prev_op == "self_attn.v_proj"]
+    assert vo and not vo[0].foldable
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_awq_gptq_and_spqr_run_on_every_family(family):
+    model = _tiny(family)
+    ids = calib_ids(300, n=4, seq=32)
+    rtn = layer_errors(model, quantized(model, [("rtn", {})], bits=4, group_size=32)[0], ids)
+    q, report = quantized(model, [("awq", {"token_stride": 1}), ("gptq", {})], bits=4, group_size=32, ids=ids)
+    awq_gptq = layer_errors(model, q, ids)
+    assert set(report["layers"]) == set(rtn)
+    assert sum(awq_gptq.values()) < sum(rtn.values())
+    q, _ = quantized(model, [("spqr", {})], bits=4, ids=ids)
+    assert sum(layer_errors(model, q, ids).values()) < sum(rtn.values())
+
+
+class _Baichuan(nn.Module):
+    """The module tree of Baichuan2 (remote code, so no transformers class here): fused W_pack = [q; k; v]."""
+
+    def __init__(self, hidden=64, inter=128, layers=2):
+        super().__init__()
+        self.config = SimpleNamespace(model_type="baichuan", num_attention_heads=4)
+
+        def layer():
+            blk = nn.Module()
+            blk.input_layernorm = nn.LayerNorm(hidden, bias=False)
+            blk.self_attn = nn.Module()
+            blk.self_attn.W_pack = nn.Linear(hidden, 3 * hidden, bias=False)
+            blk.self_attn.o_proj = nn.Linear(hidden, hidden, bias=False)
+            blk.post_attention_layernorm = nn.LayerNorm(hidden, bias=False)
+            blk.mlp = nn.Module()
+            blk.mlp.gate_proj, blk.mlp.up_proj = nn.Linear(hidden, inter, bias=False), nn.Linear(hidden, inter, bias=False)
+            blk.mlp.down_proj = nn.Linear(inter, hidden, bias=False)
+            return blk
+
+        self.model = nn.Module()
+        self.model.layers = nn.ModuleList(layer() for _ in range(layers))
+
+
+def test_baichuan_declaration_matches_its_module_tree():
+    model = _Baichuan()
+    adapter = adapter_for("baichuan")
+    block = adapter.block_list(model)[0]
+    for subset in adapter.subsets_for(model):
+        for p in subset.linears:
+            assert isinstance(block.get_submodule(p), nn.Linear)
+        if subset.prev_op:
+            prev = block.get_submodule(subset.prev_op)
+            width = prev.out_features if isinstance(prev, nn.Linear) else prev.weight.numel()
+            assert width == block.get_submodule(subset.linears[0]).in_features
+    fmt = WeightFormat(4, 32)
+    report = quantize_model(model, adapter, [build("rtn", fmt, ActFormat(), {})], ActFormat(), None,
+                            torch.device("cpu"))
+    assert len(report["layers"]) == 2 * 5
+
+
+def test_unknown_architecture_is_refused_with_the_supported_list():
+    with pytest.raises(QgenError, match="supported model types: baichuan, llama, mistral, opt, qwen2"):
+        adapter_for("gpt_neox")
