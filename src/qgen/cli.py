@@ -3,6 +3,7 @@
   qgen assets fetch [--full-check]   fetch, verify and prepare the offline model and datasets (idempotent)
   qgen datasets [--json]             the dataset registry and what is available on this machine
   qgen results DIR [DIR ...]         a table of the results.json files under output dirs
+  qgen report [DIR ...] [--out report] [--scenario s1 s2 s3 ablation]   tables and figures (qgen.analysis)
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("results", help="table of results under output dirs")
     p.add_argument("dirs", nargs="+")
     p.set_defaults(fn=cmd_results)
+    from qgen.analysis import command as report
+    p = sub.add_parser("report", help="paper tables and figures from output dirs (S1, S2, S3, ablations)")
+    report.add_arguments(p)
+    p.set_defaults(fn=report.run)
     args = parser.parse_args(argv)
     try:
         args.fn(args)

@@ -1,0 +1,70 @@
+"""Task families for the calibration × test matrices (S2 cross-dataset shift, S3 cross-subject).
+
+Schema, recorded with each job in `config.eval_suite.groups` (or given explicitly to the analysis):
+
+    groups:
+      <family>:
+        in_distribution: <dataset>          # the family's in-distribution member
+        members: [<dataset>, <dataset>, …]  # test datasets of the same task from different distributions
+
+Datasets are registry names; their tasks are `qgen_<dataset>` (or `ppl/<dataset>` for corpora).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from qgen.errors import QgenError
+
+
+def validate(groups, origin: str) -> dict[str, dict]:
+    if not isinstance(groups, dict) or not groups:
+        raise QgenError(f"{origin}: groups must be a non-empty mapping "
+                        f"{{family: {{in_distribution: dataset, members: [datasets]}}}}")
+    out = {}
+    for family, spec in groups.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("members"), (list, tuple)) or not spec["members"]:
+            raise QgenError(f"{origin}: group {family!r} needs a non-empty list 'members'")
+        members = [str(m) for m in spec["members"]]
+        ind = spec.get("in_distribution")
+        if ind is not None and str(ind) not in members:
+            raise QgenError(f"{origin}: group {family!r}: in_distribution {ind!r} is not one of its members "
+                            f"{', '.join(members)}")
+        out[str(family)] = {"in_distribution": None if ind is None else str(ind), "members": members}
+    return out
+
+
+def parse(text_or_path: str) -> dict[str, dict]:
+    """An explicit mapping: a YAML/JSON file path, or inline YAML/JSON text."""
+    path = Path(text_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        if not path.is_file():
+            raise QgenError(f"groups file {text_or_path!r} does not exist")
+        text, origin = path.read_text(), str(path)
+    else:
+        text, origin = text_or_path, "--groups"
+    try:
+        raw = yaml.safe_load(text) if not text.lstrip().startswith("{") else json.loads(text)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise QgenError(f"{origin}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if isinstance(raw, dict) and "groups" in raw and isinstance(raw["groups"], dict):
+        raw = raw["groups"]
+    return validate(raw, origin)
+
+
+def from_configs(configs: dict[str, dict]) -> dict[str, dict]:
+    """The union of the groups recorded in the jobs' suite configs; a family defined two ways is an error."""
+    merged: dict[str, dict] = {}
+    for job_dir, cfg in configs.items():
+        raw = ((cfg or {}).get("eval_suite") or {}).get("groups")
+        if not raw:
+            continue
+        for family, spec in validate(raw, f"{job_dir}/results.json eval_suite.groups").items():
+            if family in merged and merged[family] != spec:
+                raise QgenError(f"suite group {family!r} differs between jobs ({job_dir}: {spec} vs {merged[family]});"
+                                f" pass an explicit --groups mapping")
+            merged[family] = spec
+    return merged

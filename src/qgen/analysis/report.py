@@ -1,0 +1,235 @@
+"""Scenario reports under a report dir: `<dir>/<scenario>.md` (tables inline, figures embedded), each table also
+as `tables/<name>.md|.tex` and `csv/<name>.csv`, figures under `figures/`. What `qgen report` and the Makefile's
+`tables`, `figures` and `report-s1|s2|s3` targets run.
+
+Which jobs a scenario reads: those whose eval suite is named `s1_*` / `s2_*` / `s3_*` (or `--suite`); where none
+is, S1 reads every job and S2/S3 the jobs whose suite records `groups` (or all jobs, given `--groups`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from qgen.analysis import ablation, figures, groups as groups_mod, matrix, s1
+from qgen.analysis.command import SCENARIOS
+from qgen.analysis.tables import LEGEND, Table
+from qgen.analysis.tidy import Samples, configs_of, load
+from qgen.errors import QgenError
+
+log = logging.getLogger(__name__)
+
+TITLES = {"s1": "S1 — quantized vs full precision across tasks",
+          "s2": "S2 — cross-dataset distribution shift: calibration × test",
+          "s3": "S3 — cross-subject: calibration × test category",
+          "ablation": "Ablations — calibration size and sequence length"}
+
+
+@dataclass
+class Options:
+    roots: list[str]
+    out_dir: Path = Path("report")
+    scenarios: tuple[str, ...] = ("s1", "s2", "s3")
+    groups: dict | None = None  # explicit S2/S3 mapping (overrides what the jobs record)
+    suite: str | None = None  # glob over eval suite names; default per scenario
+    score: str = "acc"
+    n_boot: int = 2000
+    alpha: float = 0.05
+    tables: bool = True
+    figures: bool = True
+
+
+@dataclass
+class Section:
+    scenario: str
+    tables: list[Table] = field(default_factory=list)
+    figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, path)
+    notes: list[str] = field(default_factory=list)
+    jobs: int = 0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_").lower()
+
+
+def select(df: pd.DataFrame, configs: dict, scenario: str, opts: Options) -> tuple[pd.DataFrame, dict, str]:
+    """The jobs a scenario reads, its task families, and a one-line description of the choice."""
+    pattern = opts.suite or {"s1": "s1_*", "s2": "s2_*", "s3": "s3_*", "ablation": "*"}[scenario]
+    chosen = df[df["suite"].map(lambda s: fnmatch.fnmatch(str(s), pattern))]
+    how = f"eval suites matching {pattern!r}"
+    if chosen.empty and opts.suite is None:
+        if scenario == "s1":
+            chosen, how = df, "all jobs (no s1_* suite found)"
+        elif opts.groups:
+            chosen, how = df, "all jobs (explicit groups)"
+        else:
+            with_groups = {d for d, c in configs.items() if ((c.get("eval_suite") or {}).get("groups"))}
+            chosen = df[df["dir"].isin(with_groups)]
+            how = f"jobs whose suite records groups (no {pattern} suite found)"
+    if chosen.empty:
+        raise QgenError(f"{scenario}: no completed job selected ({how}); run the scenario's sweep or pass --suite")
+    if opts.groups:
+        fams = opts.groups
+    else:
+        fams = groups_mod.from_configs({d: c for d, c in configs.items() if d in set(chosen["dir"])})
+        if not fams and scenario == "s3":
+            members = sorted(chosen.loc[~chosen["task"].str.startswith("ppl/"), "dataset"].unique())
+            fams = {"subjects": {"in_distribution": None, "members": members}}
+    if fams:
+        chosen = chosen.copy()
+        from qgen.analysis.tidy import task_family
+        chosen["family"] = chosen["task"].map(lambda t: task_family(t, fams))
+    return chosen, fams, f"{chosen['dir'].nunique()} jobs: {how}"
+
+
+def run_s1(df, opts: Options, samples: Samples, section: Section) -> None:
+    tables, stats = s1.tables(df, samples, opts.n_boot, opts.alpha)
+    section.tables += tables
+    if not opts.figures:
+        return
+    for model, g in stats.groupby("model"):
+        q = g[g["quantizer"] != "none"]
+        if q.empty:
+            continue
+        tasks = sorted(q["task"].unique(), key=lambda t: (t.startswith("ppl/"), t))
+        calibs = q["calib"].nunique() > 1
+        series = {}
+        for (label, calib), c in q.groupby(["label", "calib"], sort=True):
+            rel = {}
+            for t, v, fp, metric in zip(c["task"], c["mean"], c["fp_mean"], c["metric"]):
+                rel[t] = 100 * (v / fp if not metric.startswith("ppl") else fp / v) if fp and v else float("nan")
+            series[f"{label} / {calib}" if calibs else label] = [rel.get(t, float("nan")) for t in tasks]
+        path = opts.out_dir / "figures" / f"s1_radar_{_slug(model)}.png"
+        figures.radar([t.replace("qgen_", "") for t in tasks], series, path,
+                      f"S1: {model}, score relative to FP16 (100 = FP16; perplexity inverted)",
+                      "% of FP16 (higher is better)", reference=100.0)
+        section.figures.append((f"{model}: each configuration's score as % of FP16 per task", path))
+
+
+def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, prefix: str) -> None:
+    if not fams:
+        raise QgenError(f"{prefix}: no task groups — the jobs' suites record no eval_suite.groups; pass --groups "
+                        f"'{{family: {{in_distribution: dataset, members: [datasets]}}}}'")
+    mats = matrix.build(df, fams)
+    if not mats:
+        raise QgenError(f"{prefix}: none of the groups' members ({', '.join(m for s in fams.values() for m in s['members'])})"
+                        f" was evaluated by a quantized job")
+    claims = []
+    for m in mats:
+        c = matrix.comparisons(m, samples, opts.n_boot, opts.alpha)
+        if not c.empty:
+            claims.append(c)
+    for i, m in enumerate(mats):
+        name = f"{prefix}_{_slug(m.family)}_{_slug(m.setting['model'])}_{_slug(m.setting['quantizer'])}_" \
+               f"{_slug(m.setting['bits'])}_n{m.setting['n_samples']}_l{m.setting['seq_len']}_{_slug(m.metric)}"
+        section.tables.append(matrix.matrix_table(m, name))
+    if claims:
+        all_claims = pd.concat(claims, ignore_index=True)
+        section.tables.insert(0, matrix.win_table(all_claims, f"{prefix}_wins",
+                                                  f"{prefix.upper()}: how often in-distribution calibration wins"))
+        section.tables.append(matrix.claims_table(all_claims, f"{prefix}_claims",
+                                                  f"{prefix.upper()}: every ID-vs-OOD comparison"))
+    else:
+        section.notes.append("No test set was calibrated on both in-distribution and out-of-distribution data, so "
+                             "there is no win count.")
+    if not opts.figures:
+        return
+    by_family: dict = {}
+    for m in mats:
+        by_family.setdefault((m.family, m.setting["model"], m.metric), []).append(m)
+    for (family, model, metric), ms in by_family.items():
+        stem = f"{prefix}_{_slug(family)}_{_slug(model)}_{_slug(metric)}"
+        path = figures.heatmaps(ms, opts.out_dir / "figures" / f"{stem}_heatmap.png",
+                                f"{prefix.upper()} {family}: {model}, {metric}")
+        section.figures.append((f"{family} ({model}, {metric}): calibration × test heatmaps", path))
+        for m in ms:
+            series = {c: [m.mean.loc[c, t] for t in m.mean.columns] for c in m.mean.index}
+            series_fp = [m.fp[t] for t in m.mean.columns]
+            s = m.setting
+            rpath = opts.out_dir / "figures" / (f"{stem}_{_slug(s['quantizer'])}_{_slug(s['bits'])}_n{s['n_samples']}"
+                                                f"_l{s['seq_len']}_radar.png")
+            series["FP16"] = series_fp
+            figures.radar(list(m.mean.columns), series, rpath, f"{prefix.upper()} {m.title}",
+                          f"{metric} per test set, one line per calibration set")
+            section.figures.append((f"{m.title}: one polygon per calibration set", rpath))
+
+
+def run_ablation(df, opts: Options, section: Section) -> None:
+    found = False
+    for knob in ("n_samples", "seq_len"):
+        for setting, rows in ablation.curves(df, knob):
+            found = True
+            stem = f"ablation_{knob}_{_slug(setting['model'])}_{_slug(setting['quantizer'])}_" \
+                   f"{_slug(setting['bits'])}_{_slug(setting['calib_dataset'])}"
+            section.tables.append(ablation.table(setting, rows, knob, stem))
+            if opts.figures:
+                path = ablation.figure(setting, rows, knob, opts.out_dir / "figures" / f"{stem}.png")
+                section.figures.append((f"{knob}: {setting['quantizer']} {setting['bits']}, calibration "
+                                        f"{setting['calib_dataset']}", path))
+    if not found:
+        raise QgenError("ablation: no configuration was run with two or more calib.n_samples or calib.seq_len values")
+
+
+def build(opts: Options) -> list[Path]:
+    for s in opts.scenarios:
+        if s not in SCENARIOS:
+            raise QgenError(f"unknown scenario {s!r}; available: {', '.join(SCENARIOS)}")
+    df = load(opts.roots, score=opts.score)
+    if opts.score not in set(df["metric"]):
+        raise QgenError(f"score {opts.score!r} is not a metric of any job; metrics: {', '.join(sorted(set(df['metric'])))}")
+    configs = configs_of(opts.roots)
+    samples = Samples()
+    written = []
+    for scenario in opts.scenarios:
+        t0 = time.perf_counter()
+        section = Section(scenario)
+        chosen, fams, how = select(df, configs, scenario, opts)
+        section.notes.append(f"Input: {how}.")
+        section.jobs = chosen["dir"].nunique()
+        if scenario == "s1":
+            run_s1(chosen, opts, samples, section)
+        elif scenario == "ablation":
+            run_ablation(chosen, opts, section)
+        else:
+            if fams:
+                section.notes.append("Groups: " + "; ".join(
+                    f"{f}: ID {s['in_distribution'] or '—'}, members {', '.join(s['members'])}" for f, s in fams.items()))
+            run_matrix(chosen, fams, opts, samples, section, scenario)
+        written += write(section, opts)
+        log.info("report %s: %d tables, %d figures (%.1f s)", scenario, len(section.tables), len(section.figures),
+                 time.perf_counter() - t0)
+    return written
+
+
+def write(section: Section, opts: Options) -> list[Path]:
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if opts.tables:
+        for t in section.tables:
+            written += list(t.write(out).values())
+    lines = [f"# {TITLES[section.scenario]}", "", *[f"{n}" for n in section.notes], "",
+             f"Built by `qgen report` from {', '.join(map(str, opts.roots))} at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
+             f" primary metric for accuracy tasks: `{opts.score}`; bootstrap: {opts.n_boot} resamples, "
+             f"{100 * (1 - opts.alpha):.0f}% CI.", "", LEGEND, ""]
+    for t in section.tables:
+        lines += [t.markdown(), f"[CSV](csv/{t.name}.csv) · [LaTeX](tables/{t.name}.tex)", ""]
+    figs = section.figures if opts.figures else [
+        (p.stem.replace("_", " "), p) for p in sorted((out / "figures").glob(f"{section.scenario}_*.png"))]
+    if figs:
+        lines.append("## Figures\n")
+        for caption, path in figs:
+            rel = Path(path).relative_to(out)
+            lines += [f"![{caption}]({rel.as_posix()})", f"*{caption}*", ""]
+            written.append(Path(path))
+    page = out / f"{section.scenario}.md"
+    page.write_text("\n".join(lines))
+    written.append(page)
+    return written
+
