@@ -86,4 +86,6 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
         raise
     record.finish("completed")
     log.info("results: %s", record.path)
+    from qgen.record.wandb_logger import log_job
+    log_job(cfg, out_dir, record.data)  # logger=wandb: one run per job; a W&B failure is only a warning
     return record.data
