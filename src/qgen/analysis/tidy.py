@@ -71,7 +71,6 @@ def load(roots: list[str | Path], groups: dict | None = None, score: str = "acc"
         if df.empty:
             raise QgenError(f"no completed job with eval_suite {suite!r} under {', '.join(map(str, roots))}")
     df = df.copy()
-    df["limit"] = df["limit"].astype(object).where(df["limit"].notna(), "all")
     df["dataset"] = df["task"].map(task_dataset)
     df["family"] = df["task"].map(lambda t: task_family(t, groups))
     df["label"] = df.apply(config_label, axis=1)

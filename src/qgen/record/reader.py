@@ -116,7 +116,7 @@ def tidy_results(*roots: str | Path, completed_only: bool = True) -> pd.DataFram
 
     The FP value is the job's own baseline (the FP model scored in the same job) when it has one; a
     quantizer=none job is its own baseline; otherwise a quantizer=none job with the same model, suite, limit and
-    seed (fp_source says which). Jobs with quantizer=none are labelled bits 'fp16'.
+    seed (fp_source says which). Jobs with quantizer=none are labelled bits 'fp16'; a null limit reads 'all'.
     """
     df = read_results(*roots)
     if completed_only:
@@ -125,6 +125,7 @@ def tidy_results(*roots: str | Path, completed_only: bool = True) -> pd.DataFram
         return pd.DataFrame(columns=TIDY_COLUMNS)
     df = df.copy()
     df.loc[df["quantizer"] == "none", "bits"] = "fp16"
+    df["limit"] = df["limit"].astype(object).where(df["limit"].notna(), "all")  # null: every item
     own = df[df["variant"] == "quantized"].drop(columns="variant")
     base = (df[df["variant"] == "fp"][["dir", "task", "metric", "value", "stderr"]]
             .rename(columns={"value": "fp_value", "stderr": "fp_stderr"}))
