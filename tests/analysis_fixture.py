@@ -27,10 +27,10 @@ def _metrics(items: dict, ppl: float) -> dict:
     return out
 
 
-def _config(quantizer: str, bits: str, calib: str, seed: int) -> dict:
+def _config(quantizer: str, bits: str, calib: str, seed: int, suite: str, groups: dict | None) -> dict:
     return {"model": {"name": "m"}, "quantizer": {"name": quantizer}, "bits": {"name": bits},
             "calib": {"name": calib, "dataset": calib, "n_samples": 128, "seq_len": 512},
-            "eval_suite": {"name": "s2_fixture", "limit": None, "groups": GROUPS}, "seed": seed}
+            "eval_suite": {"name": suite, "limit": None, **({"groups": groups} if groups else {})}, "seed": seed}
 
 
 def _job(root: Path, name: str, config: dict, metrics: dict, items: dict, baseline: dict | None) -> Path:
@@ -46,10 +46,10 @@ def _job(root: Path, name: str, config: dict, metrics: dict, items: dict, baseli
     return d
 
 
-def write_fixture(root: Path) -> Path:
+def write_fixture(root: Path, suite: str = "s2_fixture", groups: dict | None = GROUPS) -> Path:
     """Two FP jobs (seeds 1, 2) and RTN w4a16 jobs calibrated on a and on b (seeds 1, 2). Jobs calibrated on a
     carry their own FP baseline; jobs calibrated on b have none (their FP comes from the FP job of the same
-    seed). A failed job must be ignored. Hand-computed results:
+    seed). A failed job must be ignored. The suite records `groups` unless groups=None. Hand-computed results:
 
       acc          test a            test b     ppl/wiki
       FP           0.75              0.5        10
@@ -58,13 +58,13 @@ def write_fixture(root: Path) -> Path:
     """
     root = Path(root)
     for seed in (1, 2):
-        _job(root / "multiruns" / "fp", f"fp_s{seed}", _config("none", "w4a16", "wiki", seed),
+        _job(root / "multiruns" / "fp", f"fp_s{seed}", _config("none", "w4a16", "wiki", seed, suite, groups),
              _metrics(FP_ITEMS, FP_PPL), FP_ITEMS, None)
     for (calib, seed), items in Q_ITEMS.items():
         baseline = {"metrics": _metrics(FP_ITEMS, FP_PPL)} if calib == "a" else None
-        _job(root / "multiruns" / "q", f"rtn_{calib}_s{seed}", _config("rtn", "w4a16", calib, seed),
+        _job(root / "multiruns" / "q", f"rtn_{calib}_s{seed}", _config("rtn", "w4a16", calib, seed, suite, groups),
              _metrics(items, Q_PPL[(calib, seed)]), items, baseline)
-    failed = _job(root / "multiruns" / "q", "rtn_broken", _config("rtn", "w2a16", "a", 1),
+    failed = _job(root / "multiruns" / "q", "rtn_broken", _config("rtn", "w2a16", "a", 1, suite, groups),
                   _metrics(Q_ITEMS[("a", 1)], 99.0), Q_ITEMS[("a", 1)], None)
     data = json.loads((failed / "results.json").read_text())
     data["status"] = "failed"
