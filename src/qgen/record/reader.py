@@ -60,7 +60,9 @@ def _rows(path: Path, data: dict) -> list[dict]:
         "sweep": sweep_of(path.parent),
     }
     rows = []
-    variants = [("quantized", data.get("metrics") or {})]
+    # a quantizer=none job *is* a full-precision model, whatever its `bits` says
+    own = "fp" if base["quantizer"] == "none" else "quantized"
+    variants = [(own, data.get("metrics") or {})]
     if data.get("baseline"):
         variants.append(("fp", data["baseline"].get("metrics") or {}))
     for variant, metrics in variants:
@@ -72,7 +74,8 @@ def _rows(path: Path, data: dict) -> list[dict]:
 
 
 def read_results(*roots: str | Path) -> pd.DataFrame:
-    """One row per (job, variant, task, metric); variant is 'quantized' (the job's model) or 'fp' (its baseline)."""
+    """One row per (job, variant, task, metric); variant is 'quantized' (the job's model) or 'fp' (its
+    full-precision baseline, or the model of a quantizer=none job)."""
     rows = []
     for path in find_results(*roots):
         try:
