@@ -107,3 +107,20 @@ def test_groups_schema_errors():
     with pytest.raises(QgenError, match="differs between jobs"):
         groups.from_configs({"j1": {"eval_suite": {"groups": {"f": {"members": ["a"]}}}},
                              "j2": {"eval_suite": {"groups": {"f": {"members": ["b"]}}}}})
+
+
+def test_datasets_suite_schemas():
+    # conf/eval_suite/s2_shift.yaml lists the in-distribution member and its shifts
+    g = groups.parse("qa: {in_distribution: squad, shifted: [squadshifts_nyt, squadshifts_reddit]}")
+    assert g == {"qa": {"in_distribution": "squad", "members": ["squad", "squadshifts_nyt", "squadshifts_reddit"]}}
+    # conf/eval_suite/s3_subjects.yaml has categories and no groups
+    s3 = groups.from_configs({"j": {"eval_suite": {"name": "s3_subjects", "categories": ["mmlu_stem", "mmlu_other"]}}})
+    assert s3 == {"subjects": {"in_distribution": None, "members": ["mmlu_stem", "mmlu_other"]}}
+
+
+def test_primary_metric_falls_back_per_task():
+    from qgen.analysis.tidy import primary_metrics
+
+    got = primary_metrics({"qgen_squad": {"exact_match", "f1", "n_items"}, "qgen_a": {"acc", "acc_norm"},
+                           "ppl/w": {"ppl_nonoverlap_w512", "tokens"}, "qgen_x": {"n_items"}}, "acc_norm")
+    assert got == {"qgen_squad": "f1", "qgen_a": "acc_norm", "ppl/w": "ppl_nonoverlap_w512", "qgen_x": None}

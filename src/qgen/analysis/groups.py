@@ -4,10 +4,12 @@ Schema, recorded with each job in `config.eval_suite.groups` (or given explicitl
 
     groups:
       <family>:
-        in_distribution: <dataset>          # the family's in-distribution member
-        members: [<dataset>, <dataset>, …]  # test datasets of the same task from different distributions
+        in_distribution: <dataset>          # the family's in-distribution member (optional)
+        members: [<dataset>, <dataset>, …]  # every test dataset of the family (the ID one included), or
+        shifted: [<dataset>, …]             # … only its shifts: members = [in_distribution, *shifted]
 
-Datasets are registry names; their tasks are `qgen_<dataset>` (or `ppl/<dataset>` for corpora).
+Datasets are registry names; their tasks are `qgen_<dataset>` (or `ppl/<dataset>` for corpora). A suite without
+groups but with `categories: [<dataset>, …]` (S3) is one family, `subjects`, of those datasets.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ def validate(groups, origin: str) -> dict[str, dict]:
                         f"{{family: {{in_distribution: dataset, members: [datasets]}}}}")
     out = {}
     for family, spec in groups.items():
-        if not isinstance(spec, dict) or not isinstance(spec.get("members"), (list, tuple)) or not spec["members"]:
-            raise QgenError(f"{origin}: group {family!r} needs a non-empty list 'members'")
-        members = [str(m) for m in spec["members"]]
+        if not isinstance(spec, dict):
+            raise QgenError(f"{origin}: group {family!r} must be a mapping with 'members' (or 'shifted')")
         ind = spec.get("in_distribution")
+        listed = spec.get("members", spec.get("shifted"))
+        if not isinstance(listed, (list, tuple)) or not (listed or ind):
+            raise QgenError(f"{origin}: group {family!r} needs a non-empty list 'members' (or 'shifted')")
+        members = [str(m) for m in listed]
+        if "members" not in spec and ind is not None:
+            members = [str(ind), *[m for m in members if m != str(ind)]]
         if ind is not None and str(ind) not in members:
             raise QgenError(f"{origin}: group {family!r}: in_distribution {ind!r} is not one of its members "
                             f"{', '.join(members)}")
@@ -56,10 +63,14 @@ def parse(text_or_path: str) -> dict[str, dict]:
 
 
 def from_configs(configs: dict[str, dict]) -> dict[str, dict]:
-    """The union of the groups recorded in the jobs' suite configs; a family defined two ways is an error."""
+    """The union of the groups recorded in the jobs' suite configs (`groups`, else `categories`); a family
+    defined two ways is an error."""
     merged: dict[str, dict] = {}
     for job_dir, cfg in configs.items():
-        raw = ((cfg or {}).get("eval_suite") or {}).get("groups")
+        suite = (cfg or {}).get("eval_suite") or {}
+        raw = suite.get("groups")
+        if not raw and suite.get("categories"):
+            raw = {"subjects": {"in_distribution": None, "members": list(suite["categories"])}}
         if not raw:
             continue
         for family, spec in validate(raw, f"{job_dir}/results.json eval_suite.groups").items():

@@ -54,10 +54,18 @@ def config_label(row) -> str:
     return f"{row['quantizer']} {row['bits']}"
 
 
-def is_primary(task: str, metric: str, score: str) -> bool:
-    if task.startswith(PPL_PREFIX):
-        return metric.startswith("ppl_")
-    return metric == score
+# The metric a table reports for a task: the requested one where the task has it, else the first of these.
+SCORE_ORDER = ("acc", "f1", "exact_match", "acc_norm")
+
+
+def primary_metrics(metrics_by_task: dict[str, set], score: str) -> dict[str, str | None]:
+    out = {}
+    for task, metrics in metrics_by_task.items():
+        if task.startswith(PPL_PREFIX):
+            out[task] = next((m for m in sorted(metrics) if m.startswith("ppl_")), None)
+        else:
+            out[task] = next((m for m in (score, *SCORE_ORDER) if m in metrics), None)
+    return out
 
 
 def load(roots: list[str | Path], groups: dict | None = None, score: str = "acc",
@@ -74,7 +82,8 @@ def load(roots: list[str | Path], groups: dict | None = None, score: str = "acc"
     df["dataset"] = df["task"].map(task_dataset)
     df["family"] = df["task"].map(lambda t: task_family(t, groups))
     df["label"] = df.apply(config_label, axis=1)
-    df["primary"] = [is_primary(t, m, score) for t, m in zip(df["task"], df["metric"])]
+    primary = primary_metrics(df.groupby("task")["metric"].agg(set).to_dict(), score)
+    df["primary"] = [primary[t] == m for t, m in zip(df["task"], df["metric"])]
     df["config"] = df[CONFIG_KEYS].astype(str).agg("|".join, axis=1)
     return df
 

@@ -108,7 +108,7 @@ def read_samples(job_dir: str | Path) -> pd.DataFrame:
 
 def _fp_lookup(df: pd.DataFrame) -> pd.DataFrame:
     """FP values from quantizer=none jobs, keyed by what must match for them to be a baseline of another job."""
-    fp = df[(df["variant"] == "quantized") & (df["quantizer"] == "none")]
+    fp = df[df["quantizer"] == "none"]
     keys = ["model", "suite", "limit", "seed", "task", "metric"]
     return (fp.groupby(keys, dropna=False)
               .agg(fp_value=("value", "mean"), fp_stderr=("stderr", "mean")).reset_index())
@@ -129,8 +129,9 @@ def tidy_results(*roots: str | Path, completed_only: bool = True) -> pd.DataFram
     df = df.copy()
     df.loc[df["quantizer"] == "none", "bits"] = "fp16"
     df["limit"] = df["limit"].astype(object).where(df["limit"].notna(), "all")  # null: every item
-    own = df[df["variant"] == "quantized"].drop(columns="variant")
-    base = (df[df["variant"] == "fp"][["dir", "task", "metric", "value", "stderr"]]
+    is_fp_job = df["quantizer"] == "none"  # its own metrics are the FP model's (variant 'fp')
+    own = df[(df["variant"] == "quantized") | is_fp_job].drop(columns="variant")
+    base = (df[(df["variant"] == "fp") & ~is_fp_job][["dir", "task", "metric", "value", "stderr"]]
             .rename(columns={"value": "fp_value", "stderr": "fp_stderr"}))
     out = own.merge(base, on=["dir", "task", "metric"], how="left")
     out["fp_source"] = out["fp_value"].notna().map({True: "own", False: None})
