@@ -79,3 +79,26 @@ def from_configs(configs: dict[str, dict]) -> dict[str, dict]:
                                 f" pass an explicit --groups mapping")
             merged[family] = spec
     return merged
+
+
+def suite_members(suite: str, conf_dir: Path | None = None) -> list[str]:
+    """Every dataset of an eval suite's groups (or categories), in order: the calibration sets of its sweep."""
+    from qgen.validate import CONF_DIR
+
+    path = Path(conf_dir or CONF_DIR) / "eval_suite" / f"{suite}.yaml"
+    if not path.is_file():
+        raise QgenError(f"no eval suite {suite!r} ({path} does not exist)")
+    fams = from_configs({str(path): {"eval_suite": yaml.safe_load(path.read_text())}})
+    if not fams:
+        raise QgenError(f"eval suite {suite!r} records neither groups nor categories")
+    return list(dict.fromkeys(m for spec in fams.values() for m in spec["members"]))
+
+
+if __name__ == "__main__":  # `python -m qgen.analysis.groups s2_shift` -> "squad,squadshifts_nyt,…" for a sweep
+    import sys
+
+    try:
+        print(",".join(suite_members(sys.argv[1])))
+    except (QgenError, IndexError) as exc:
+        print(f"qgen: error: {exc or 'usage: python -m qgen.analysis.groups <eval_suite>'}", file=sys.stderr)
+        sys.exit(2)

@@ -186,25 +186,56 @@ def build(opts: Options) -> list[Path]:
     configs = configs_of(opts.roots)
     samples = Samples()
     written = []
+    skipped = []
     for scenario in opts.scenarios:
         t0 = time.perf_counter()
-        section = Section(scenario)
-        chosen, fams, how = select(df, configs, scenario, opts)
-        section.notes.append(f"Input: {how}.")
-        section.jobs = chosen["dir"].nunique()
-        if scenario == "s1":
-            run_s1(chosen, opts, samples, section)
-        elif scenario == "ablation":
-            run_ablation(chosen, opts, section)
-        else:
-            if fams:
-                section.notes.append("Groups: " + "; ".join(
-                    f"{f}: ID {s['in_distribution'] or '—'}, members {', '.join(s['members'])}" for f, s in fams.items()))
-            run_matrix(chosen, fams, opts, samples, section, scenario)
+        try:
+            section = scenario_section(df, configs, scenario, opts, samples)
+        except QgenError as exc:
+            if len(opts.scenarios) == 1:
+                raise
+            skipped.append((scenario, str(exc)))
+            log.warning("report %s skipped: %s", scenario, exc)
+            continue
         written += write(section, opts)
         log.info("report %s: %d tables, %d figures (%.1f s)", scenario, len(section.tables), len(section.figures),
                  time.perf_counter() - t0)
+    if len(skipped) == len(opts.scenarios):
+        raise QgenError("; ".join(f"{s}: {e}" for s, e in skipped))
+    written.append(write_index(opts, skipped))
     return written
+
+
+def scenario_section(df, configs, scenario: str, opts: Options, samples: Samples) -> Section:
+    section = Section(scenario)
+    chosen, fams, how = select(df, configs, scenario, opts)
+    section.notes.append(f"Input: {how}.")
+    section.jobs = chosen["dir"].nunique()
+    if scenario == "s1":
+        run_s1(chosen, opts, samples, section)
+    elif scenario == "ablation":
+        run_ablation(chosen, opts, section)
+    else:
+        if fams:
+            section.notes.append("Groups: " + "; ".join(
+                f"{f}: ID {s['in_distribution'] or '—'}, members {', '.join(s['members'])}" for f, s in fams.items()))
+        run_matrix(chosen, fams, opts, samples, section, scenario)
+    return section
+
+
+def write_index(opts: Options, skipped: list[tuple[str, str]]) -> Path:
+    """README.md of the report dir: the scenario pages present (this run's or earlier ones) and what was skipped."""
+    out = Path(opts.out_dir)
+    lines = ["# qgen report", "", f"Rebuilt with `make tables figures` (or `qgen report`) from "
+             f"{', '.join(map(str, opts.roots))}.", ""]
+    for scenario in SCENARIOS:
+        if (out / f"{scenario}.md").exists():
+            lines.append(f"- [{TITLES[scenario]}]({scenario}.md)")
+    for scenario, reason in skipped:
+        lines.append(f"- {scenario}: not built — {reason}")
+    path = out / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def write(section: Section, opts: Options) -> list[Path]:
