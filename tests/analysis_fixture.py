@@ -41,8 +41,7 @@ def _job(root: Path, name: str, config: dict, metrics: dict, items: dict, baseli
     (d / "results.json").write_text(json.dumps(data))
     with open(d / "samples.jsonl", "w") as f:
         for task, values in items.items():
-            for i, v in enumerate(values):
-                f.write(json.dumps({"task": task, "doc_id": i, "acc": v}) + "\n")
+            f.writelines(json.dumps({"task": task, "doc_id": i, "acc": v}) + "\n" for i, v in enumerate(values))
     return d
 
 

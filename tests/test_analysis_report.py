@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from analysis_fixture import write_fixture
 
+from analysis_fixture import write_fixture
 from qgen.analysis.report import Options, build
 from qgen.errors import QgenError
 
@@ -53,7 +53,7 @@ def test_cli_errors_are_one_line(tmp_path, built):
              ([str(root), "--metric", "f1"], "score 'f1' is not a metric")]
     for args, message in cases:
         r = subprocess.run([sys.executable, "-m", "qgen.cli", "report", *args, "--out", str(tmp_path / "r")],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
         assert r.returncode == 2, r.stderr
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("qgen: error")]
         assert len(lines) == 1 and message in lines[0], r.stderr

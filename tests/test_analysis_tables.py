@@ -4,8 +4,8 @@ import math
 
 import pandas as pd
 import pytest
-from analysis_fixture import GROUPS, write_fixture
 
+from analysis_fixture import GROUPS, write_fixture
 from qgen.analysis import groups, matrix, s1
 from qgen.analysis.tidy import Samples, load
 from qgen.errors import QgenError

@@ -21,7 +21,7 @@ def test_multirun_leaves_one_offline_run_per_job(tmp_path):
     cmd = [sys.executable, "-m", "qgen.main", "-m", "model=tiny-llama", "quantizer=rtn", "bits=w4a16,w2a16",
            "eval_suite=ppl", "eval_suite.perplexity.0.max_windows=2", "logger=wandb",
            f"paths.output_dir={tmp_path / 'out'}", "runtime.threads=1"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     results = sorted((tmp_path / "out").rglob("results.json"))
     runs = sorted((wandb_dir / "wandb").glob("offline-run-*"))

@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from qgen.analysis.stats import seed_summary  # noqa: E402
-from qgen.analysis.tables import Cell, Table  # noqa: E402
+from qgen.analysis.stats import seed_summary
+from qgen.analysis.tables import Cell, Table
 
 FIXED = {"n_samples": ["model", "quantizer", "bits", "calib_dataset", "seq_len", "suite", "limit"],
          "seq_len": ["model", "quantizer", "bits", "calib_dataset", "n_samples", "suite", "limit"]}

@@ -146,10 +146,10 @@ def matrix_table(m: Matrix, name: str) -> Table:
     for k, v in m.setting.items():
         data[k] = v
     data["family"], data["metric"] = m.family, m.metric
-    notes = [f"Metric: {m.metric} ({'higher' if m.higher_better else 'lower'} is better); rows: calibration set, "
-             f"columns: test set.",
-             "**Bold**: in-distribution cell (calibration set = test set); *: it differs significantly from the best "
-             "out-of-distribution calibration on that test set (paired bootstrap over items, 95% CI)."]
+    notes = [(f"Metric: {m.metric} ({'higher' if m.higher_better else 'lower'} is better); rows: calibration set, "
+              "columns: test set."),
+             ("**Bold**: in-distribution cell (calibration set = test set); *: it differs significantly from the "
+              "best out-of-distribution calibration on that test set (paired bootstrap over items, 95% CI).")]
     if m.in_distribution:
         notes.append(f"The family's in-distribution member: {m.in_distribution} (marked ID in the header).")
     return Table(name, f"Calibration × test — {m.title}", pd.DataFrame(rows).fillna("–"), data, notes)
@@ -186,10 +186,11 @@ def win_table(claims: pd.DataFrame, name: str, title: str) -> Table:
                      "ID best (test sets)": f"{stats['id_best']}/{stats['tests']}",
                      "…significantly": stats["id_best_significant"],
                      "gap to best OOD": Cell(stats["mean_gap_to_best_ood"], digits=4, signed=True)})
-    notes = ["Pairs: (test set, OOD calibration set) compared with the ID calibration on that test set. Gap: ID − "
-             "best OOD score per test set, averaged (positive: ID calibration is better; perplexity sign flipped).",
-             "Significant: the paired bootstrap 95% CI of the difference over test items excludes 0 (accuracy "
-             "tasks only; perplexity has no per-item scores)."]
+    notes = [("Pairs: (test set, OOD calibration set) compared with the ID calibration on that test set. Gap: "
+              "ID − best OOD score per test set, averaged (positive: ID calibration is better; perplexity sign "
+              "flipped)."),
+             ("Significant: the paired bootstrap 95% CI of the difference over test items excludes 0 (tasks with "
+              "per-item scores only; perplexity has none).")]
     return Table(name, title, pd.DataFrame(rows), pd.DataFrame(data), notes)
 
 

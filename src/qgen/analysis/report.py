@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from qgen.analysis import ablation, figures, groups as groups_mod, matrix, s1
+from qgen.analysis import ablation, figures, matrix, s1
+from qgen.analysis import groups as groups_mod
 from qgen.analysis.command import SCENARIOS
 from qgen.analysis.tables import LEGEND, Table
 from qgen.analysis.tidy import Samples, configs_of, load
@@ -170,8 +171,8 @@ def run_ablation(df, opts: Options, section: Section) -> None:
             section.tables.append(ablation.table(setting, rows, knob, stem))
             if opts.figures:
                 path = ablation.figure(setting, rows, knob, opts.out_dir / "figures" / f"{stem}.png")
-                section.figures.append((f"{knob}: {setting['quantizer']} {setting['bits']}, calibration "
-                                        f"{setting['calib_dataset']}", path))
+                caption = f"{knob}: {setting['quantizer']} {setting['bits']}, calibration {setting['calib_dataset']}"
+                section.figures.append((caption, path))
     if not found:
         raise QgenError("ablation: no configuration was run with two or more calib.n_samples or calib.seq_len values")
 
@@ -226,8 +227,8 @@ def scenario_section(df, configs, scenario: str, opts: Options, samples: Samples
 def write_index(opts: Options, skipped: list[tuple[str, str]]) -> Path:
     """README.md of the report dir: the scenario pages present (this run's or earlier ones) and what was skipped."""
     out = Path(opts.out_dir)
-    lines = ["# qgen report", "", f"Rebuilt with `make tables figures` (or `qgen report`) from "
-             f"{', '.join(map(str, opts.roots))}.", ""]
+    sources = ", ".join(map(str, opts.roots))
+    lines = ["# qgen report", "", f"Rebuilt with `make tables figures` (or `qgen report`) from {sources}.", ""]
     for scenario in SCENARIOS:
         if (out / f"{scenario}.md").exists():
             lines.append(f"- [{TITLES[scenario]}]({scenario}.md)")
@@ -245,10 +246,11 @@ def write(section: Section, opts: Options) -> list[Path]:
     if opts.tables:
         for t in section.tables:
             written += list(t.write(out).values())
-    lines = [f"# {TITLES[section.scenario]}", "", *[f"{n}" for n in section.notes], "",
-             f"Built by `qgen report` from {', '.join(map(str, opts.roots))} at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
-             f" primary metric for accuracy tasks: `{opts.score}`; bootstrap: {opts.n_boot} resamples, "
-             f"{100 * (1 - opts.alpha):.0f}% CI.", "", LEGEND, ""]
+    built = (f"Built by `qgen report` from {', '.join(map(str, opts.roots))} at "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; primary metric for accuracy tasks: "
+             f"`{opts.score}` (tasks without it: f1, exact_match or acc_norm); bootstrap: {opts.n_boot} resamples, "
+             f"{100 * (1 - opts.alpha):.0f}% CI.")
+    lines = [f"# {TITLES[section.scenario]}", "", *section.notes, "", built, "", LEGEND, ""]
     for t in section.tables:
         lines += [t.markdown(), f"[CSV](csv/{t.name}.csv) · [LaTeX](tables/{t.name}.tex)", ""]
     figs = section.figures if opts.figures else [

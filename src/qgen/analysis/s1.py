@@ -90,8 +90,8 @@ def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float 
     if deltas:
         out.append(Table("s1_change", "S1: change against full precision per task",
                          _order(pd.DataFrame(deltas)), stats[stats["quantizer"] != "none"].drop(columns="dirs"),
-                         ["Cells: quantized − FP, mean ± std over seeds, (relative change). For perplexity lower is "
-                          "better; for accuracy higher.",
+                         [("Cells: quantized − FP, mean ± std over seeds, (relative change). For perplexity "
+                           "lower is better; for accuracy higher."),
                           "*: the paired bootstrap over items (quantized vs FP jobs, 95% CI) excludes 0."]))
         out.append(family_table(stats))
     return out, stats

@@ -81,7 +81,7 @@ def seed_summary(values: pd.Series) -> dict:
     v = values.dropna().astype(float)
     return {"mean": float(v.mean()) if len(v) else float("nan"),
             "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-            "n_seeds": int(len(v))}
+            "n_seeds": len(v)}
 
 
 def higher_is_better(metric: str) -> bool:

@@ -7,7 +7,7 @@ if one lists it, else the registry's `family` or task type), `config` (a label o
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +27,7 @@ def task_dataset(task: str) -> str:
     return task
 
 
-@lru_cache(maxsize=None)
+@cache
 def _registry_family(dataset: str) -> str | None:
     from qgen.data import registry
 
