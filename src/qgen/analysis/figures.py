@@ -62,8 +62,9 @@ def heatmaps(matrices: list[Matrix], path: Path, title: str) -> Path:
                 rgba = im.cmap(norm(v))
                 color = "black" if (0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]) > 0.5 else "white"
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
-                if calib == test:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+                if calib == test:  # inset so neighbouring cells keep their own edges
+                    ax.add_patch(Rectangle((j - 0.44, i - 0.44), 0.88, 0.88, fill=False, edgecolor="red",
+                                           linewidth=2.5))
         ax.set_xticks(range(data.shape[1]), [_wrap(("ID: " if t == m.in_distribution else "") + t)
                                              for t in m.mean.columns], rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(data.shape[0]), [_wrap(c) for c in m.mean.index], fontsize=8)
@@ -83,7 +84,7 @@ def heatmaps(matrices: list[Matrix], path: Path, title: str) -> Path:
 
 
 def radar(axis_labels: list[str], series: dict[str, list[float]], path: Path, title: str, unit: str,
-          reference: float | None = None) -> Path:
+          reference: float | None = None, legend_title: str | None = None) -> Path:
     """A radar chart (≥ 3 axes) or grouped bars (fewer): one polygon / bar group per series."""
     k = len(axis_labels)
     colors = plt.get_cmap("tab10").colors
@@ -101,7 +102,7 @@ def radar(axis_labels: list[str], series: dict[str, list[float]], path: Path, ti
         if finite:
             lo, hi = min(finite + ([reference] if reference else [])), max(finite + ([reference] if reference else []))
             pad = 0.15 * (hi - lo or abs(hi) or 1)
-            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_ylim(0 if lo >= 0 else lo - pad, hi + pad)
     else:
         angles = np.linspace(0, 2 * np.pi, k, endpoint=False).tolist()
         fig, ax = plt.subplots(figsize=(6.2, 5.6), subplot_kw={"polar": True})
@@ -119,9 +120,10 @@ def radar(axis_labels: list[str], series: dict[str, list[float]], path: Path, ti
             lo = min(finite + ([reference] if reference else []))
             hi = max(finite + ([reference] if reference else []))
             pad = 0.1 * (hi - lo or abs(hi) or 1)
-            ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+            ax.set_ylim(0.0 if lo >= 0 else lo - pad, hi + pad)
         ax.set_title(unit, fontsize=8, pad=24)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0), frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0), frameon=False, title=legend_title,
+              title_fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -104,12 +104,13 @@ def run_s1(df, opts: Options, samples: Samples, section: Section) -> None:
         for (label, calib), c in q.groupby(["label", "calib"], sort=True):
             rel = {}
             for t, v, fp, metric in zip(c["task"], c["mean"], c["fp_mean"], c["metric"]):
-                rel[t] = 100 * (v / fp if not metric.startswith("ppl") else fp / v) if fp and v else float("nan")
+                ok = fp == fp and v == v and (v if metric.startswith("ppl") else fp)  # no NaN, no division by 0
+                rel[t] = 100 * (fp / v if metric.startswith("ppl") else v / fp) if ok else float("nan")
             series[f"{label} / {calib}" if calibs else label] = [rel.get(t, float("nan")) for t in tasks]
         path = opts.out_dir / "figures" / f"s1_radar_{_slug(model)}.png"
         figures.radar([t.replace("qgen_", "") for t in tasks], series, path,
                       f"S1: {model}, score relative to FP16 (100 = FP16; perplexity inverted)",
-                      "% of FP16 (higher is better)", reference=100.0)
+                      "% of FP16 (higher is better)", reference=100.0, legend_title="method bits / calibration")
         section.figures.append((f"{model}: each configuration's score as % of FP16 per task", path))
 
 
@@ -157,7 +158,7 @@ def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, pref
                                                 f"_l{s['seq_len']}_radar.png")
             series["FP16"] = series_fp
             figures.radar(list(m.mean.columns), series, rpath, f"{prefix.upper()} {m.title}",
-                          f"{metric} per test set, one line per calibration set")
+                          f"{metric} per test set", legend_title="calibration set")
             section.figures.append((f"{m.title}: one polygon per calibration set", rpath))
 
 
