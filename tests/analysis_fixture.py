@@ -69,3 +69,15 @@ def write_fixture(root: Path, suite: str = "s2_fixture", groups: dict | None = G
     data["status"] = "failed"
     (failed / "results.json").write_text(json.dumps(data))
     return root
+
+
+def add_quantizer(root: Path, quantizer: str, items_b: list[int]) -> None:
+    """Copies of the calib-a RTN jobs as another quantizer, with task b's items replaced by `items_b`."""
+    for seed in (1, 2):
+        src = Path(root) / "multiruns" / "q" / f"rtn_a_s{seed}"
+        data = json.loads((src / "results.json").read_text())
+        data["config"]["quantizer"]["name"] = quantizer
+        data["job_id"] = f"{quantizer}_a_s{seed}"
+        items = {**Q_ITEMS[("a", seed)], "qgen_b": items_b}
+        _job(Path(root) / "multiruns" / quantizer, data["job_id"], data["config"],
+             _metrics(items, Q_PPL[("a", seed)]), items, data["baseline"])

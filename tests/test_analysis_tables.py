@@ -124,3 +124,18 @@ def test_primary_metric_falls_back_per_task():
     got = primary_metrics({"qgen_squad": {"exact_match", "f1", "n_items"}, "qgen_a": {"acc", "acc_norm"},
                            "ppl/w": {"ppl_nonoverlap_w512", "tokens"}, "qgen_x": {"n_items"}}, "acc_norm")
     assert got == {"qgen_squad": "f1", "qgen_a": "acc_norm", "ppl/w": "ppl_nonoverlap_w512", "qgen_x": None}
+
+
+def test_methods_compared_pairwise(tmp_path):
+    from analysis_fixture import add_quantizer
+
+    root = write_fixture(tmp_path)
+    add_quantizer(root, "gptq", [1] * 8)
+    tables, _ = s1.tables(load([root], groups=GROUPS), Samples(), n_boot=1000)
+    methods = next(t for t in tables if t.name == "s1_methods").data.set_index("task")
+    assert list(methods["a"].unique()) == ["gptq"] and list(methods["b"].unique()) == ["rtn"]
+    assert methods.loc["qgen_b", "diff"] == 1.0 and methods.loc["qgen_b", "significant"]
+    assert methods.loc["qgen_b", "better"] == "gptq"
+    assert methods.loc["qgen_a", "diff"] == 0 and methods.loc["qgen_a", "better"] == "tie"
+    assert not methods.loc["qgen_a", "significant"]
+    assert methods.loc["ppl/wiki", "better"] == "tie" and math.isnan(methods.loc["ppl/wiki", "ci_low"])

@@ -74,3 +74,21 @@ def test_metrics_payload_keys():
                  "fp/qgen_a/n_items": 10, "time/quantize": 2.0, "memory/peak_rss_mb": 3.0}
     ident = wandb_logger.run_identity({"quantizer": {"name": "none"}, "seed": 1}, Path("/x/job"), {"tags": ["t"]})
     assert ident["job_type"] == "fp" and ident["group"] == "single-runs" and "t" in ident["tags"]
+
+
+def test_report_tables_publish_to_an_offline_run(tmp_path, monkeypatch):
+    from analysis_fixture import write_fixture
+
+    from qgen.analysis.publish import publish
+    from qgen.analysis.report import Options, build
+
+    root = write_fixture(tmp_path / "runs")
+    build(Options(roots=[str(root)], out_dir=tmp_path / "report", scenarios=("s2",), n_boot=200, figures=True))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    run_dir = publish(tmp_path / "report", project="qgen-test")
+    run = read_offline_run(run_dir)
+    assert run["run"]["job_type"] == "report"
+    assert run["summary"]["table/s2_wins/_type"] == "table-file"
+    assert run["summary"]["table/s2_claims/nrows"] == 2
+    assert run["summary"]["figure/s2_fam_m_acc_heatmap/_type"] == "image-file"

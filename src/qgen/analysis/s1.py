@@ -94,6 +94,9 @@ def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float 
                            "lower is better; for accuracy higher."),
                           "*: the paired bootstrap over items (quantized vs FP jobs, 95% CI) excludes 0."]))
         out.append(family_table(stats))
+    methods = method_claims(stats, samples, n_boot, alpha)
+    if methods is not None:
+        out.append(methods)
     return out, stats
 
 
@@ -120,3 +123,38 @@ def family_table(stats: pd.DataFrame) -> Table:
 
 def direction_note(metric: str) -> str:
     return "higher is better" if higher_is_better(metric) else "lower is better"
+
+
+def method_claims(stats: pd.DataFrame, samples: Samples, n_boot: int, alpha: float) -> Table | None:
+    """Every "method A beats method B" claim: quantizers compared pairwise at the same bits, calibration and task,
+    with the paired bootstrap over the task's items; None when no two quantizers share a setting."""
+    q = stats[stats["quantizer"] != "none"]
+    keys = ["model", "bits", "calib", "n_samples", "seq_len", "suite", "limit", "task", "metric"]
+    rows, data = [], []
+    for key, g in q.groupby(keys, sort=True):
+        g = g.sort_values("quantizer")
+        recs = list(g.itertuples())
+        for i, a in enumerate(recs):
+            for b in recs[i + 1:]:
+                res = None
+                if not a.task.startswith("ppl/"):
+                    res = compare_items(samples(a.dirs), samples(b.dirs), a.task, a.metric, n_boot, alpha)
+                diff = a.mean - b.mean
+                better = a.quantizer if (diff > 0) == higher_is_better(a.metric) and diff != 0 else (
+                    b.quantizer if diff != 0 else "tie")
+                data.append({**dict(zip(keys, key)), "a": a.quantizer, "b": b.quantizer, "mean_a": a.mean,
+                             "mean_b": b.mean, "diff": diff, "better": better,
+                             "ci_low": res.ci_low if res else math.nan, "ci_high": res.ci_high if res else math.nan,
+                             "p_value": res.p_value if res else math.nan,
+                             "significant": bool(res.significant) if res else False})
+                rows.append({"Model": a.model, "Bits": a.bits, "Calibration": a.calib, "Task": _short(a.task),
+                             "A": a.quantizer, "B": b.quantizer,
+                             "A − B": Cell(diff, digits=4, signed=True,
+                                           marks=frozenset({"sig"}) if res and res.significant else frozenset()),
+                             "95% CI": "–" if res is None else f"[{res.ci_low:+.4f}, {res.ci_high:+.4f}]",
+                             "better": better})
+    if not rows:
+        return None
+    return Table("s1_methods", "S1: quantization methods compared pairwise", pd.DataFrame(rows), pd.DataFrame(data),
+                 ["A − B in the task's metric (mean over seeds); *: the paired bootstrap 95% CI over items excludes "
+                  "0. 'better' follows the metric's direction (lower perplexity is better)."])
