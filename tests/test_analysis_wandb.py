@@ -78,7 +78,6 @@ def test_metrics_payload_keys():
 
 def test_report_tables_publish_to_an_offline_run(tmp_path, monkeypatch):
     from analysis_fixture import write_fixture
-
     from qgen.analysis.publish import publish
     from qgen.analysis.report import Options, build
 

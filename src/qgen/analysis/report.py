@@ -9,6 +9,7 @@ is, S1 reads every job and S2/S3 the jobs whose suite records `groups` (or all j
 from __future__ import annotations
 
 import fnmatch
+import math
 import logging
 import re
 import time
@@ -104,7 +105,7 @@ def run_s1(df, opts: Options, samples: Samples, section: Section) -> None:
         for (label, calib), c in q.groupby(["label", "calib"], sort=True):
             rel = {}
             for t, v, fp, metric in zip(c["task"], c["mean"], c["fp_mean"], c["metric"]):
-                ok = fp == fp and v == v and (v if metric.startswith("ppl") else fp)  # no NaN, no division by 0
+                ok = not (math.isnan(fp) or math.isnan(v)) and (v if metric.startswith("ppl") else fp)  # no 0 div
                 rel[t] = 100 * (fp / v if metric.startswith("ppl") else v / fp) if ok else float("nan")
             series[f"{label} / {calib}" if calibs else label] = [rel.get(t, float("nan")) for t in tasks]
         path = opts.out_dir / "figures" / f"s1_radar_{_slug(model)}.png"

@@ -156,5 +156,5 @@ def method_claims(stats: pd.DataFrame, samples: Samples, n_boot: int, alpha: flo
     if not rows:
         return None
     return Table("s1_methods", "S1: quantization methods compared pairwise", pd.DataFrame(rows), pd.DataFrame(data),
-                 ["A − B in the task's metric (mean over seeds); *: the paired bootstrap 95% CI over items excludes "
-                  "0. 'better' follows the metric's direction (lower perplexity is better)."])
+                 [("A − B in the task's metric (mean over seeds); *: the paired bootstrap 95% CI over items "
+                   "excludes 0. 'better' follows the metric's direction (lower perplexity is better).")])
