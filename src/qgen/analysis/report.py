@@ -9,8 +9,8 @@ is, S1 reads every job and S2/S3 the jobs whose suite records `groups` (or all j
 from __future__ import annotations
 
 import fnmatch
-import math
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
