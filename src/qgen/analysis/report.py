@@ -24,6 +24,7 @@ from qgen.analysis.command import SCENARIOS
 from qgen.analysis.tables import LEGEND, Table
 from qgen.analysis.tidy import Samples, configs_of, load
 from qgen.errors import QgenError
+from qgen.record.reader import read_timings
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,23 @@ def scenario_section(df, configs, scenario: str, opts: Options, samples: Samples
     return section
 
 
+def compute_summary(roots) -> list[str]:
+    """What the results cost: jobs, seconds per stage summed over jobs, and the wall-clock span they cover."""
+    t = read_timings(*roots)
+    t = t[t["status"] == "completed"]
+    if t.empty:
+        return []
+    per_stage = t.groupby("stage")["seconds"].sum().sort_values(ascending=False)
+    stamps = pd.to_datetime(pd.concat([t["started_at"], t["finished_at"]]), format="%Y-%m-%dT%H:%M:%S%z",
+                            errors="coerce").dropna()
+    span = f"; wall clock from the first start to the last finish: {(stamps.max() - stamps.min())}" \
+        if len(stamps) else ""
+    return ["## Compute", "", f"{t['dir'].nunique()} completed jobs; {per_stage.sum() / 60:.1f} min of recorded "
+            f"stage time{span}.", "", "| stage | total s | mean s per job |", "|---|---|---|",
+            *[f"| {stage} | {sec:.1f} | {t[t['stage'] == stage]['seconds'].mean():.1f} |"
+              for stage, sec in per_stage.items()], ""]
+
+
 def write_index(opts: Options, skipped: list[tuple[str, str]]) -> Path:
     """README.md of the report dir: the scenario pages present (this run's or earlier ones) and what was skipped."""
     out = Path(opts.out_dir)
@@ -236,6 +254,7 @@ def write_index(opts: Options, skipped: list[tuple[str, str]]) -> Path:
             lines.append(f"- [{TITLES[scenario]}]({scenario}.md)")
     for scenario, reason in skipped:
         lines.append(f"- {scenario}: not built — {reason}")
+    lines += ["", *compute_summary(opts.roots)]
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path

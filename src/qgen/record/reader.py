@@ -97,6 +97,20 @@ def read_configs(*roots: str | Path) -> dict[str, dict]:
     return configs
 
 
+def read_timings(*roots: str | Path) -> pd.DataFrame:
+    """One row per (job, stage): seconds spent, with the job's status and start/finish stamps."""
+    rows = []
+    for path in find_results(*roots):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for stage, seconds in (data.get("timings") or {}).items():
+            rows.append({"dir": str(path.parent), "status": data.get("status"), "stage": stage, "seconds": seconds,
+                         "started_at": data.get("started_at"), "finished_at": data.get("finished_at")})
+    return pd.DataFrame(rows, columns=["dir", "status", "stage", "seconds", "started_at", "finished_at"])
+
+
 def read_samples(job_dir: str | Path) -> pd.DataFrame:
     """Per-item scores of a job's evaluated model (samples.jsonl): columns task, doc_id and one per score."""
     path = Path(job_dir) / "samples.jsonl"
