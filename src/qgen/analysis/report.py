@@ -236,10 +236,12 @@ def compute_summary(roots) -> list[str]:
     per_stage = t.groupby("stage")["seconds"].sum().sort_values(ascending=False)
     stamps = pd.to_datetime(pd.concat([t["started_at"], t["finished_at"]]), format="%Y-%m-%dT%H:%M:%S%z",
                             errors="coerce").dropna()
-    span = f"; wall clock from the first start to the last finish: {(stamps.max() - stamps.min())}" \
-        if len(stamps) else ""
-    return ["## Compute", "", f"{t['dir'].nunique()} completed jobs; {per_stage.sum() / 60:.1f} min of recorded "
-            f"stage time{span}.", "", "| stage | total s | mean s per job |", "|---|---|---|",
+    span = ""
+    if len(stamps):
+        wall = (stamps.max() - stamps.min()).total_seconds()
+        span = f"; wall clock from the first start to the last finish: {wall / 60:.1f} min"
+    head = f"{t['dir'].nunique()} completed jobs; {per_stage.sum() / 60:.1f} min of recorded stage time{span}."
+    return ["## Compute", "", head, "", "| stage | total s | mean s per job |", "|---|---|---|",
             *[f"| {stage} | {sec:.1f} | {t[t['stage'] == stage]['seconds'].mean():.1f} |"
               for stage, sec in per_stage.items()], ""]
 
