@@ -161,7 +161,7 @@ def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, pref
             series["FP16"] = series_fp
             figures.radar(list(m.mean.columns), series, rpath, f"{prefix.upper()} {m.title}",
                           f"{metric} per test set", legend_title="calibration set")
-            section.figures.append((f"{m.title}: one polygon per calibration set", rpath))
+            section.figures.append((f"{m.title}: scores per test set, one series per calibration set", rpath))
 
 
 def run_ablation(df, opts: Options, section: Section) -> None:
@@ -273,7 +273,7 @@ def write(section: Section, opts: Options) -> list[Path]:
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; primary metric for accuracy tasks: "
              f"`{opts.score}` (tasks without it: f1, exact_match or acc_norm); bootstrap: {opts.n_boot} resamples, "
              f"{100 * (1 - opts.alpha):.0f}% CI.")
-    lines = [f"# {TITLES[section.scenario]}", "", *section.notes, "", built, "", LEGEND, ""]
+    lines = [f"# {TITLES[section.scenario]}", "", *[x for n in section.notes for x in (n, "")], built, "", LEGEND, ""]
     for t in section.tables:
         lines += [t.markdown(), f"[CSV](csv/{t.name}.csv) · [LaTeX](tables/{t.name}.tex)", ""]
     figs = section.figures if opts.figures else [
