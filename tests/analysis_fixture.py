@@ -81,3 +81,23 @@ def add_quantizer(root: Path, quantizer: str, items_b: list[int]) -> None:
         items = {**Q_ITEMS[("a", seed)], "qgen_b": items_b}
         _job(Path(root) / "multiruns" / quantizer, data["job_id"], data["config"],
              _metrics(items, Q_PPL[("a", seed)]), items, data["baseline"])
+
+
+def write_ablation(root: Path) -> Path:
+    """RTN calibrated on a with n_samples 1 and 8 (seeds 1, 2): test a is in-distribution, b is not.
+
+      n_samples   a (ID)         b
+      1           0.25 ± 0       0.125 ± 0
+      8           0.625 ± 0.177  0.5 ± 0
+    """
+    items = {1: {"qgen_a": [1, 0, 0, 0], "qgen_b": [1, 0, 0, 0, 0, 0, 0, 0]},
+             8: {"qgen_a": None, "qgen_b": [1, 1, 1, 1, 0, 0, 0, 0]}}
+    for n in (1, 8):
+        for seed in (1, 2):
+            it = {**items[n]}
+            if it["qgen_a"] is None:
+                it["qgen_a"] = Q_ITEMS[("a", seed)]["qgen_a"]
+            cfg = _config("rtn", "w4a16", "a", seed, "s2_fixture", GROUPS)
+            cfg["calib"]["n_samples"] = n
+            _job(Path(root), f"n{n}_s{seed}", cfg, _metrics(it, 12.0), it, {"metrics": _metrics(FP_ITEMS, FP_PPL)})
+    return Path(root)

@@ -75,3 +75,16 @@ def test_explicit_groups_override_recorded_ones(tmp_path, built):
 def test_unknown_scenario():
     with pytest.raises(QgenError, match="unknown scenario"):
         build(Options(roots=["."], scenarios=("s9",)))
+
+
+def test_ablation_over_calibration_size(tmp_path):
+    from analysis_fixture import write_ablation
+
+    root = write_ablation(tmp_path / "runs")
+    build(Options(roots=[str(root)], out_dir=tmp_path / "r", scenarios=("ablation",), n_boot=200))
+    page = (tmp_path / "r" / "ablation.md").read_text()
+    assert "| n_samples | a (ID) | b | ppl/wiki |" in page
+    assert "| 1 | **0.250 ± 0.000** | 0.125 ± 0.000 |" in page
+    assert "| 8 | **0.625 ± 0.177** | 0.500 ± 0.000 |" in page
+    assert (tmp_path / "r" / "figures" / "ablation_n_samples_m_rtn_w4a16_a.png").stat().st_size > 5000
+    assert "ablation_seq_len" not in page  # seq_len was not varied

@@ -36,7 +36,8 @@ def curves(df: pd.DataFrame, knob: str) -> list[tuple[dict, pd.DataFrame]]:
 
 def table(setting: dict, rows: pd.DataFrame, knob: str, name: str) -> Table:
     wide = []
-    for value, g in rows.groupby(knob, sort=True):
+    rows = rows.assign(_ppl=rows["task"].str.startswith("ppl/")).sort_values([knob, "_ppl", "task"])
+    for value, g in rows.drop(columns="_ppl").groupby(knob, sort=True):
         wide.append({knob: value, **{
             (r.task.replace("qgen_", "") + (" (ID)" if r.in_distribution else "")):
                 Cell(r.mean, r.std, marks=frozenset({"id"}) if r.in_distribution else frozenset())
@@ -58,6 +59,9 @@ def figure(setting: dict, rows: pd.DataFrame, knob: str, path: Path) -> Path:
             ax.errorbar(g[knob], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3,
                         linestyle="-" if ind else "--", label=task.replace("qgen_", "") + (" (ID)" if ind else ""))
         ax.set_xscale("log", base=2)
+        ticks = sorted(rows[knob].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(knob)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
