@@ -251,6 +251,8 @@ def write_index(opts: Options, skipped: list[tuple[str, str]]) -> Path:
     out = Path(opts.out_dir)
     sources = ", ".join(map(str, opts.roots))
     lines = ["# qgen report", "", f"Rebuilt with `make tables figures` (or `qgen report`) from {sources}.", ""]
+    if (out / "RUN.md").exists():  # hand-written: the exact commands behind the results
+        lines += ["What was run, and how: [RUN.md](RUN.md).", ""]
     for scenario in SCENARIOS:
         if (out / f"{scenario}.md").exists():
             lines.append(f"- [{TITLES[scenario]}]({scenario}.md)")
