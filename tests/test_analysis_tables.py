@@ -139,3 +139,13 @@ def test_methods_compared_pairwise(tmp_path):
     assert methods.loc["qgen_a", "diff"] == 0 and methods.loc["qgen_a", "better"] == "tie"
     assert not methods.loc["qgen_a", "significant"]
     assert methods.loc["ppl/wiki", "better"] == "tie" and math.isnan(methods.loc["ppl/wiki", "ci_low"])
+
+
+def test_a_job_found_twice_counts_once(tmp_path):
+    import shutil
+
+    root = write_fixture(tmp_path / "runs")
+    shutil.copytree(root / "multiruns" / "q" / "rtn_a_s1", root / "multiruns" / "rerun" / "rtn_a_s1")
+    df = tidy_results(root)
+    rows = df[(df["calib"] == "a") & (df["task"] == "qgen_a") & (df["metric"] == "acc")]
+    assert len(rows) == 2 and sorted(rows["seed"]) == [1, 2]

@@ -134,6 +134,7 @@ def tidy_results(*roots: str | Path, completed_only: bool = True) -> pd.DataFram
     The FP value is the job's own baseline (the FP model scored in the same job) when it has one; a
     quantizer=none job is its own baseline; otherwise a quantizer=none job with the same model, suite, limit and
     seed (fp_source says which). Jobs with quantizer=none are labelled bits 'fp16'; a null limit reads 'all'.
+    A job found twice (the same job_id under two dirs) counts once, from the last dir in sorted order.
     """
     df = read_results(*roots)
     if completed_only:
@@ -147,6 +148,8 @@ def tidy_results(*roots: str | Path, completed_only: bool = True) -> pd.DataFram
     own = df[(df["variant"] == "quantized") | is_fp_job].drop(columns="variant")
     base = (df[(df["variant"] == "fp") & ~is_fp_job][["dir", "task", "metric", "value", "stderr"]]
             .rename(columns={"value": "fp_value", "stderr": "fp_stderr"}))
+    # the same job (same job_id: same resolved config) found twice, e.g. re-run or copied: keep the latest
+    own = own.sort_values("dir").drop_duplicates(["job_id", "task", "metric"], keep="last")
     out = own.merge(base, on=["dir", "task", "metric"], how="left")
     out["fp_source"] = out["fp_value"].notna().map({True: "own", False: None})
     is_fp = out["quantizer"] == "none"
