@@ -28,7 +28,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def _wrap(label: str, width: int = 16) -> str:
-    return label if len(label) <= width else label[:width] + "\n" + _wrap(label[width:], width)
+    """Break a long label after a separator (/, -, _) where possible, else at `width` characters."""
+    if len(label) <= width:
+        return label
+    cut = max(label.rfind(sep, 0, width) for sep in "/-_") + 1 or width
+    return label[:cut] + "\n" + _wrap(label[cut:], width)
 
 
 def heatmaps(matrices: list[Matrix], path: Path, title: str) -> Path:
@@ -106,9 +110,12 @@ def radar(axis_labels: list[str], series: dict[str, list[float]], path: Path, ti
     else:
         angles = np.linspace(0, 2 * np.pi, k, endpoint=False).tolist()
         fig, ax = plt.subplots(figsize=(6.2, 5.6), subplot_kw={"polar": True})
+        styles = ["-", "--", ":", "-."]
         for i, (name, values) in enumerate(series.items()):
             vals = list(values) + [values[0]]
-            ax.plot(angles + angles[:1], vals, color=colors[i % 10], linewidth=1.6, label=name)
+            # distinct dashes and markers keep coinciding series (e.g. a data-free method) all visible
+            ax.plot(angles + angles[:1], vals, color=colors[i % 10], linewidth=1.8, label=name,
+                    linestyle=styles[i % len(styles)], marker="os^Dv"[i % 5], markersize=4)
             ax.fill(angles + angles[:1], vals, color=colors[i % 10], alpha=0.08)
         if reference is not None:
             ax.plot(angles + angles[:1], [reference] * (k + 1), color="black", linestyle="--", linewidth=1,
