@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, run_qgen
 from qgen.errors import QgenError
-from qgen.validate import GROUPS, check_job, group_options
+from qgen.validate import GROUPS, check_job, group_options, hydra_launchers
 
 
 def _compose(*overrides):
@@ -16,12 +16,20 @@ def _compose(*overrides):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_group_option_composes_and_validates(group, option):
+    from hydra.core.hydra_config import HydraConfig
+
+    if (group, option) == ("launcher", "ray") and "ray" not in hydra_launchers():
+        pytest.skip("the Ray launcher plugin is an optional extra (qgen[ray])")
     extra = ["quantizer=none"] if (group, option) == ("bits", "fp16") else []
-    cfg = _compose(f"{group}={option}", *extra)
-    assert cfg[group] is not None
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"{group}={option}", *extra], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # what Hydra does for a job: ${hydra:...} then resolves
+    if group != "launcher":
+        assert cfg[group] is not None
     if group != "model" or option in ("smollm2-135m", "tiny-llama"):
         check_job(cfg)  # hub-only models are validated by id, which needs no network
-    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.to_container(job_cfg, resolve=True)  # every interpolation of the job config resolves
 
 
 @pytest.mark.parametrize("override,message", [
@@ -55,6 +63,7 @@ def test_quantizer_none_accepts_any_bits():
 @pytest.mark.parametrize("args,message", [
     (["quantizer=nope"], "qgen: error: unknown quantizer option 'nope'; available: none, rtn"),
     (["-m", "bits=w4a16,w9a16"], "qgen: error: unknown bits option 'w9a16'; available:"),
+    (["-m", "launcher=ray"], "qgen: error: launcher=ray needs the Ray launcher plugin: pip install 'qgen[ray]'"),
     (["model.asset=null", "model.pretrained=./missing-model"],
      "qgen: error: model.pretrained='./missing-model' does not exist"),
 ])

@@ -3,6 +3,7 @@
   qgen assets fetch [--full-check]   fetch, verify and prepare the offline model and datasets (idempotent)
   qgen datasets [--json]             the dataset registry and what is available on this machine
   qgen results DIR [DIR ...]         a table of the results.json files under output dirs
+  qgen cache list|clear [--kind K]   the content-addressed caches (calibration, quantized, eval)
   qgen report [DIR ...] [--out report] [--scenario s1 s2 s3 ablation]   tables and figures (qgen.analysis)
 """
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 from qgen.errors import QgenError
 
@@ -73,6 +75,20 @@ def cmd_results(args) -> None:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
+def cmd_cache(args) -> None:
+    from qgen import cache
+
+    if args.action == "clear":
+        print(f"removed {cache.clear(args.kind)} cache entries")
+        return
+    rows = [e for e in cache.entries() if args.kind in (None, e["kind"])]
+    total = sum(e["bytes"] for e in rows)
+    for e in rows:
+        print(f"{e['kind']:<12} {e['key']}  {e['bytes'] / 1e6:10.1f} MB  "
+              f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['last_used']))}")
+    print(f"{len(rows)} entries, {total / 1e6:.1f} MB in {cache.cache_dir()}")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="qgen", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -87,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("results", help="table of results under output dirs")
     p.add_argument("dirs", nargs="+")
     p.set_defaults(fn=cmd_results)
+    p = sub.add_parser("cache", help="list or clear the caches")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--kind", choices=["calibration", "quantized", "eval"])
+    p.set_defaults(fn=cmd_cache)
     from qgen.analysis import command as report
     p = sub.add_parser("report", help="paper tables and figures from output dirs (S1, S2, S3, ablations)")
     report.add_arguments(p)

@@ -26,4 +26,6 @@ def data_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return qgen_home() / "cache"
+    """Content-addressed caches (QGEN_CACHE_DIR overrides, e.g. to isolate a test or use a faster disk)."""
+    override = os.environ.get("QGEN_CACHE_DIR")
+    return Path(override).expanduser() if override else qgen_home() / "cache"

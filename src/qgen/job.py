@@ -1,20 +1,32 @@
-"""One job, in the order the data flows: model -> calibration -> (FP baseline) -> quantize -> evaluate -> record."""
+"""One job, in the order the data flows: model -> calibration -> (FP baseline) -> quantize -> evaluate -> record.
+
+Every expensive stage goes through a content-addressed cache (qgen.cache): the calibration windows, the
+quantized blocks and each evaluation, keyed by what decides them — so data-free quantizers (none, RTN) quantize
+once whatever `calib` says, the FP baseline is scored once per (model, suite, seed) and shared by every job, and
+adding evaluation tasks later does not quantize again. With `resume` on, a job whose completed result is
+already in the output dir's index is skipped.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import traceback
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qgen.errors import QgenError
-from qgen.record.results import JobRecord
+from qgen.record import index
+from qgen.record.results import JobRecord, atomic_write_json, job_id
 from qgen.validate import check_job
 
 log = logging.getLogger("qgen")
+
+STAGES = ("load_model", "calibration", "baseline_eval", "quantize", "evaluate")
 
 
 def build_methods(cfg: DictConfig):
@@ -29,63 +41,249 @@ def build_methods(cfg: DictConfig):
     return methods, weight, act
 
 
+def _plain(node) -> object:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def model_identity(cfg: DictConfig, info: dict) -> dict:
+    """What decides the full-precision weights (not where they are stored)."""
+    from qgen.assets import read_manifest
+
+    model = cfg.model
+    ident = {"dtype": model.dtype, "source": info["source"]}
+    if info["source"] == "random":
+        return {**ident, "random_init": _plain(model.random_init), "seed": cfg.seed}
+    if info["source"] == "asset":
+        files = (read_manifest(Path(info["path"])) or {}).get("files", {})
+        return {**ident, "asset": model.asset, "files": {k: v["sha256"] for k, v in files.items()}}
+    if info["source"] == "local":
+        folder = Path(info["path"])
+        return {**ident, "path": str(folder.resolve()),
+                "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir())}}
+    return {**ident, "pretrained": model.pretrained, "revision": model.get("revision")}
+
+
+def tokenizer_identity(tokenizer) -> str:
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _fail_injection(stage: str, cfg: DictConfig) -> None:
+    """For testing resume and failure isolation: QGEN_FAIL_AT=<stage>[:<key>=<value>] makes matching jobs raise."""
+    spec = os.environ.get("QGEN_FAIL_AT")
+    if not spec:
+        return
+    want, _, cond = spec.partition(":")
+    if want != stage:
+        return
+    if cond:
+        key, _, value = cond.partition("=")
+        if str(OmegaConf.select(cfg, key)) != value:
+            return
+    raise RuntimeError(f"injected failure at stage {stage} (QGEN_FAIL_AT={spec})")
+
+
+def skip_if_done(cfg: DictConfig, out_dir: Path) -> Path | None:
+    if not cfg.get("resume", True):
+        return None
+    previous = index.completed_result(cfg.paths.output_dir, job_id(cfg))
+    if previous is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / index.SKIPPED_FILE, {"job_id": job_id(cfg), "results": str(previous)})
+    log.info("skipping job %s: already completed in %s (resume=false to run it again)", job_id(cfg),
+             previous.parent)
+    return previous
+
+
+class Job:
+    """The stages of one job; each is cached where the result is reusable."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path):
+        from qgen.cache import Cache
+        from qgen.models.load import resolve_device
+
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.methods, self.weight, self.act = build_methods(cfg)
+        self.needs_calibration = any(m.needs_calibration for m in self.methods)
+        self.device = resolve_device(cfg.runtime.device)
+        self.use_cache = bool(cfg.get("cache", True))
+        self.caches = {kind: Cache(kind) for kind in ("calibration", "quantized", "eval")}
+        self.record = JobRecord(out_dir, cfg)
+        self.record.data["cache"] = {}
+
+    def cached(self, kind: str, stage: str, identity: dict, build, restore):
+        """Return restore(hit) on a cache hit, else build(staging folder) stored under the identity's key."""
+        from qgen.cache import make_key
+
+        key = make_key(kind, identity)
+        cache = self.caches[kind]
+        hit = cache.get(key) if self.use_cache else None
+        if hit is not None:
+            self.record.data["cache"][stage] = {"kind": kind, "key": key, "status": "hit"}
+            return restore(hit), key
+        status = "rebuilt" if cache.damaged else "miss"
+        result = {}
+
+        def write(folder: Path):
+            result["value"], meta = build(folder)
+            return meta
+
+        if self.use_cache:
+            cache.put(key, write)
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                write(Path(tmp))
+        self.record.data["cache"][stage] = {"kind": kind, "key": key, "status": status if self.use_cache else "off"}
+        return result["value"], key
+
+    def stage(self, name: str):
+        _fail_injection(name, self.cfg)
+        return self.record.stage(name)
+
+    # -- stages ---------------------------------------------------------------------------------------------
+    def load_model(self):
+        from qgen.models.arch import adapter_for
+        from qgen.models.load import load_model
+
+        log.info("[1/5 load_model] %s", self.cfg.model.name)
+        model, tokenizer, info = load_model(self.cfg.model, seed=self.cfg.seed)
+        self.adapter = adapter_for(model.config.model_type) if self.methods else None
+        self.model, self.tokenizer = model, tokenizer
+        self.model_id = model_identity(self.cfg, info)
+        self.record.data["model_info"] = {**info, "model_type": model.config.model_type, "device": str(self.device),
+                                          "parameters": sum(p.numel() for p in model.parameters())}
+
+    def calibration(self):
+        from qgen.assets import read_manifest
+        from qgen.data import registry
+        from qgen.data.calibration import CalibrationSet, build_calibration
+
+        cfg = self.cfg.calib
+        log.info("[2/5 calibration] %s: %d x %d tokens", cfg.name, cfg.n_samples, cfg.seq_len)
+        names = [cfg.dataset] if isinstance(cfg.dataset, str) else list(cfg.dataset)
+        data = {n: ((read_manifest(registry.get(n).folder) or {}).get("files", {}).get("calib.jsonl") or {})
+                .get("sha256") for n in names}
+        identity = {"tokenizer": tokenizer_identity(self.tokenizer), "calib": _plain(cfg), "data": data}
+
+        def build(folder):
+            calib = build_calibration(cfg, self.tokenizer)
+            torch.save(calib.input_ids, folder / "input_ids.pt")
+            return calib, calib.info
+
+        def restore(hit):
+            return CalibrationSet(torch.load(hit.folder / "input_ids.pt"), hit.meta)
+
+        calib, key = self.cached("calibration", "calibration", identity, build, restore)
+        self.record.data["calibration"] = calib.info
+        return calib, key
+
+    def evaluate(self, weights_key: dict, samples_name: str) -> dict:
+        """Score the model as it is now; the cache key is the identity of its weights."""
+        from qgen.evaluate.suite import evaluate
+
+        identity = {"weights": weights_key, "suite": _plain(self.cfg.eval_suite), "seed": self.cfg.seed,
+                    "lm_eval": self.record.data["env"]["packages"].get("lm_eval")}
+
+        def build(folder):
+            metrics = evaluate(self.model, self.tokenizer, self.cfg.eval_suite, self.device, self.cfg.seed,
+                               folder / "samples.jsonl")
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+            if (folder / "samples.jsonl").exists():
+                shutil.copyfile(folder / "samples.jsonl", self.out_dir / samples_name)
+            return metrics, {}
+
+        def restore(hit):
+            if (hit.folder / "samples.jsonl").exists():
+                shutil.copyfile(hit.folder / "samples.jsonl", self.out_dir / samples_name)
+            return json.loads((hit.folder / "metrics.json").read_text())
+
+        stage = "baseline_eval" if samples_name.startswith("baseline") else "evaluate"
+        metrics, _ = self.cached("eval", stage, identity, build, restore)
+        return metrics
+
+    def quantize(self, calib_key: str | None) -> dict:
+        from qgen.quant.checkpoint import restore_blocks, save_blocks
+        from qgen.quant.engine import EngineSettings, quantize_model
+
+        q = self.cfg.quantizer
+        log.info("[4/5 quantize] %s %s", q.name, self.cfg.bits.name)
+        identity = {"model": self.model_id, "quantizer": _plain(q), "bits": _plain(self.cfg.bits),
+                    # data-free methods do not depend on the calibration set or the seed: one entry serves all
+                    "calibration": calib_key, "seed": self.cfg.seed if self.needs_calibration else None}
+
+        def build(folder):
+            settings = EngineSettings(int(q.batch_size), str(q.feed))
+            ids = self.calib.input_ids if self.calib is not None else None
+            report = quantize_model(self.model, self.adapter, self.methods, self.act, ids, self.device, settings)
+            save_blocks(self.model, self.adapter, folder)
+            (folder / "quant_report.json").write_text(json.dumps(report))
+            return report, {}
+
+        def restore(hit):
+            restore_blocks(self.model, self.adapter, self.act, hit.folder)
+            return json.loads((hit.folder / "quant_report.json").read_text())
+
+        report, key = self.cached("quantized", "quantize", identity, build, restore)
+        self.record.data["quant_report"] = report
+        return {"quantized": key}
+
+    def run(self) -> dict:
+        with self.stage("load_model"):
+            self.load_model()
+        self.calib, calib_key = None, None
+        if self.needs_calibration:
+            with self.stage("calibration"):
+                self.calib, calib_key = self.calibration()
+        else:
+            self.record.data["calibration"] = {"used": False,
+                                               "reason": f"quantizer {self.cfg.quantizer.name} is data-free"}
+        fp_key = {"fp": self.model_id}
+        if self.cfg.baseline and self.methods:
+            with self.stage("baseline_eval"):
+                log.info("[3/5 baseline_eval] full-precision model on %s", self.cfg.eval_suite.name)
+                self.record.data["baseline"] = {"metrics": self.evaluate(fp_key, "baseline_samples.jsonl")}
+        weights_key = fp_key
+        if self.methods:
+            with self.stage("quantize"):
+                weights_key = self.quantize(calib_key)
+        with self.stage("evaluate"):
+            log.info("[5/5 evaluate] %s", self.cfg.eval_suite.name)
+            self.record.data["metrics"] = self.evaluate(weights_key, "samples.jsonl")
+        return self.record.data
+
+
 def run_job(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run one job; raises QgenError for bad input (before anything loads) and re-raises any failure after
+    recording it (status, stage reached, error, traceback.txt)."""
     check_job(cfg)
-    methods, _, act = build_methods(cfg)  # unknown method settings fail here, before the model loads
+    build_methods(cfg)  # unknown method settings fail here, before the model loads
     os.environ["QGEN_HOME"] = str(cfg.paths.qgen_home)
+    previous = skip_if_done(cfg, out_dir)
+    if previous is not None:
+        return {"status": "skipped", "job_id": job_id(cfg), "results": str(previous)}
     if cfg.runtime.get("threads"):
         torch.set_num_threads(int(cfg.runtime.threads))
     torch.manual_seed(cfg.seed)
-
-    from qgen.data.calibration import build_calibration
-    from qgen.evaluate.suite import evaluate
-    from qgen.models.arch import adapter_for
-    from qgen.models.load import load_model, resolve_device
-    from qgen.quant.engine import EngineSettings, quantize_model
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = JobRecord(out_dir, cfg)
-    device = resolve_device(cfg.runtime.device)
-    samples = out_dir / "samples.jsonl"
+    job = Job(cfg, out_dir)
     try:
-        with record.stage("load_model"):
-            log.info("[1/5 load_model] %s", cfg.model.name)
-            model, tokenizer, info = load_model(cfg.model, seed=cfg.seed)
-            adapter = adapter_for(model.config.model_type) if methods else None
-            record.data["model_info"] = {**info, "model_type": model.config.model_type,
-                                         "parameters": sum(p.numel() for p in model.parameters()),
-                                         "device": str(device)}
-        calib = None
-        if any(m.needs_calibration for m in methods):
-            with record.stage("calibration"):
-                log.info("[2/5 calibration] %s: %d x %d tokens", cfg.calib.name, cfg.calib.n_samples,
-                         cfg.calib.seq_len)
-                calib = build_calibration(cfg.calib, tokenizer)
-                record.data["calibration"] = calib.info
-        else:
-            record.data["calibration"] = {"used": False, "reason": f"quantizer {cfg.quantizer.name} is data-free"}
-        if cfg.baseline and methods:
-            with record.stage("baseline_eval"):
-                log.info("[3/5 baseline_eval] full-precision model on %s", cfg.eval_suite.name)
-                record.data["baseline"] = {"metrics": evaluate(model, tokenizer, cfg.eval_suite, device, cfg.seed)}
-        if methods:
-            with record.stage("quantize"):
-                log.info("[4/5 quantize] %s %s", cfg.quantizer.name, cfg.bits.name)
-                settings = EngineSettings(int(cfg.quantizer.batch_size), str(cfg.quantizer.feed))
-                record.data["quant_report"] = quantize_model(
-                    model, adapter, methods, act, None if calib is None else calib.input_ids, device, settings)
-        with record.stage("evaluate"):
-            log.info("[5/5 evaluate] %s", cfg.eval_suite.name)
-            record.data["metrics"] = evaluate(model, tokenizer, cfg.eval_suite, device, cfg.seed, samples)
-    except QgenError:
-        record.finish("failed", error=traceback.format_exc(limit=1).strip().splitlines()[-1])
-        raise
+        job.run()
     except BaseException as exc:
         (out_dir / "traceback.txt").write_text(traceback.format_exc())
-        record.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        message = str(exc) if isinstance(exc, QgenError) else f"{type(exc).__name__}: {exc}"
+        job.record.finish("failed", error=message)
+        index.register(cfg.paths.output_dir, job.record.data["job_id"], job.record.path, "failed")
         raise
-    record.finish("completed")
-    log.info("results: %s", record.path)
+    job.record.finish("completed")
+    index.register(cfg.paths.output_dir, job.record.data["job_id"], job.record.path, "completed")
+    log.info("results: %s", job.record.path)
     from qgen.record.wandb_logger import log_job
-    log_job(cfg, out_dir, record.data)  # logger=wandb: one run per job; a W&B failure is only a warning
-    return record.data
+    log_job(cfg, out_dir, job.record.data)  # logger=wandb: one run per job; a W&B failure is only a warning
+    return job.record.data

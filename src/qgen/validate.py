@@ -12,21 +12,46 @@ from omegaconf import DictConfig
 from qgen.errors import QgenError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("model", "calib", "quantizer", "bits", "eval_suite", "logger", "paths")
+GROUPS = ("model", "calib", "quantizer", "bits", "eval_suite", "logger", "paths", "launcher")
 ACT_BITS = (4, 6, 8, 16)
+# Fields a launcher cannot submit without (by the launcher class's name).
+REQUIRED_LAUNCHER_FIELDS = {"SlurmLauncher": ("partition", "timeout_min")}
 
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def hydra_launchers() -> list[str]:
+    """Launchers Hydra can use here: its own basic one and those of installed plugins."""
+    import importlib.util
+
+    found = ["basic"]
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher"):
+        found += ["submitit_local", "submitit_slurm"]
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher"):
+        found += ["ray", "ray_aws"]
+    return found
+
+
 def check_overrides(argv: list[str]) -> None:
-    """`group=a,b` on the command line: every option must be a file in conf/<group>/."""
+    """`group=a,b` on the command line: every option must be a file in conf/<group>/ (or, for
+    hydra/launcher, a launcher that is installed)."""
     for arg in argv:
-        m = re.fullmatch(r"([+~]*)([a-z_]+)=(.*)", arg)
-        if not m or m.group(2) not in GROUPS or m.group(1).startswith("~"):
+        m = re.fullmatch(r"([+~]*)([a-z_/]+)=(.*)", arg)
+        if not m or m.group(1).startswith("~"):
             continue
         group, value = m.group(2), m.group(3)
+        if group == "hydra/launcher":
+            if value not in hydra_launchers():
+                hint = " (the Ray launcher needs: pip install 'qgen[ray]')" if value.startswith("ray") else ""
+                raise QgenError(f"unknown hydra/launcher option {value!r}; available: "
+                                f"{', '.join(hydra_launchers())}{hint}")
+            continue
+        if group == "launcher" and value == "ray" and "ray" not in hydra_launchers():
+            raise QgenError("launcher=ray needs the Ray launcher plugin: pip install 'qgen[ray]'")
+        if group not in GROUPS:
+            continue
         value = re.sub(r"^(choice|glob)\((.*)\)$", r"\2", value)
         if value.startswith(("range(", "interval(")) or "*" in value:
             continue
@@ -85,3 +110,45 @@ def check_datasets(cfg: DictConfig) -> None:
         registry.get(name)
     for entry in cfg.eval_suite.get("perplexity") or []:
         registry.get(entry.dataset)
+
+
+def sweep_overrides(argv: list[str]) -> list[list[str]]:
+    """The override list of every job the command line asks for (one list for a single run)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if not a.startswith("-")]
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return [args]
+    parsed = OverridesParser.create().parse_overrides(args)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> int:
+    """Validate every job of the command line, and the launcher, before anything is loaded or submitted.
+    Returns the number of jobs checked."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_overrides(argv)
+    if any(a.startswith("--") and a not in ("--multirun",) for a in argv):
+        return 0  # --cfg, --info, --help, ...: Hydra handles those itself
+    jobs = sweep_overrides(argv)
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        for overrides in jobs:
+            try:
+                cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            except (HydraException, OmegaConfBaseException) as exc:
+                raise QgenError(str(exc).strip().splitlines()[0]) from None
+            launcher = cfg.hydra.launcher
+            kind = str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
+            missing = sorted(k for k in launcher if OmegaConf.is_missing(launcher, k)
+                             or (k in REQUIRED_LAUNCHER_FIELDS.get(kind, ()) and launcher[k] in (None, "")))
+            if missing:
+                choice = cfg.hydra.runtime.choices.get("launcher", "?")
+                raise QgenError(f"launcher={choice} needs " + ", ".join(f"hydra.launcher.{k}" for k in missing)
+                                + f" (e.g. hydra.launcher.{missing[0]}=<value>)")
+            check_job(cfg)
+    return len(jobs)

@@ -96,6 +96,16 @@ def _observe(block: nn.Module, first_linear: nn.Linear, batches, method: QuantMe
         handle.remove()
 
 
+def attach_block_activation_quantizers(block: nn.Module, adapter: ArchAdapter, act: ActFormat,
+                                       static_scales: dict[str, torch.Tensor] | None = None) -> None:
+    """Quantize the inputs of the block's linears; a method may already have attached its own (static)."""
+    for p in adapter.linear_names():
+        linear = block.get_submodule(p)
+        scale = (static_scales or {}).get(p)
+        if scale is not None or not activations.is_attached(linear):
+            activations.attach(linear, act, static_scale=scale)
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMethod], act: ActFormat,
                    input_ids: torch.Tensor | None, device: torch.device,
@@ -128,10 +138,7 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
                 for path, rep in layer_reports.items():
                     report["layers"].setdefault(path, {})[method.name] = rep
         if act.enabled:
-            for p in adapter.linear_names():
-                linear = block.get_submodule(p)
-                if not activations.is_attached(linear):
-                    activations.attach(linear, act)
+            attach_block_activation_quantizers(block, adapter, act)
         if needs_data:
             batches = [(out, kw) for out, (_, kw) in zip(fp_outputs or _run_block(block, batches), batches)]
         block.to(model_device)

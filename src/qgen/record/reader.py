@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from qgen.record.index import SKIPPED_FILE
 from qgen.record.results import RESULTS_FILE
 
 COLUMNS = ["job_id", "status", "model", "quantizer", "bits", "calib", "seed", "variant", "task", "metric", "value",
@@ -25,11 +26,10 @@ def find_results(*roots: str | Path) -> list[Path]:
     return found
 
 
-def _calib_dataset(calib: dict) -> str | None:
-    dataset = calib.get("dataset")
-    if isinstance(dataset, (list, tuple)):
-        return "+".join(map(str, dataset))
-    return dataset
+def _calib_label(calib: dict) -> str | None:
+    """The calibration source(s) a job used: the dataset name, or names joined by '+' for a mixture."""
+    dataset = calib.get("dataset", calib.get("name"))
+    return "+".join(dataset) if isinstance(dataset, list) else dataset
 
 
 def sweep_of(job_dir: Path) -> str | None:
@@ -49,10 +49,10 @@ def _rows(path: Path, data: dict) -> list[dict]:
         "model": cfg.get("model", {}).get("name"),
         "quantizer": cfg.get("quantizer", {}).get("name"),
         "bits": cfg.get("bits", {}).get("name"),
-        "calib": cfg.get("calib", {}).get("name"),
+        "calib": _calib_label(cfg.get("calib", {})),
         "seed": data.get("seed"),
         "dir": str(path.parent),
-        "calib_dataset": _calib_dataset(calib),
+        "calib_dataset": _calib_label(calib),
         "n_samples": calib.get("n_samples"),
         "seq_len": calib.get("seq_len"),
         "suite": suite.get("name"),
@@ -73,15 +73,40 @@ def _rows(path: Path, data: dict) -> list[dict]:
     return rows
 
 
-def read_results(*roots: str | Path) -> pd.DataFrame:
-    """One row per (job, variant, task, metric); variant is 'quantized' (the job's model) or 'fp' (its
-    full-precision baseline, or the model of a quantizer=none job)."""
-    rows = []
-    for path in find_results(*roots):
+STATUS_RANK = {"completed": 3, "failed": 2, "running": 1}
+
+
+def latest_per_job(*roots: str | Path) -> dict[str, tuple[Path, dict]]:
+    """Each job once: a job run several times (reruns, resumed sweeps) keeps its best and latest record —
+    completed over failed over running, then the most recently finished. A skipped job's `skipped.json`
+    points at the completed result it reused."""
+    best: dict[str, tuple[Path, dict]] = {}
+    paths = find_results(*roots)
+    for root in roots:
+        root = Path(root)
+        if root.is_dir():
+            for pointer in sorted(root.rglob(SKIPPED_FILE)):
+                try:
+                    paths.append(Path(json.loads(pointer.read_text())["results"]))
+                except (OSError, ValueError, KeyError):
+                    continue
+    for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        key = data.get("job_id") or str(path)
+        rank = (STATUS_RANK.get(data.get("status"), 0), data.get("finished_at") or data.get("started_at") or "")
+        if key not in best or rank > best[key][2]:
+            best[key] = (path, data, rank)
+    return {k: (p, d) for k, (p, d, _) in best.items()}
+
+
+def read_results(*roots: str | Path) -> pd.DataFrame:
+    """One row per (job, variant, task, metric); variant is 'quantized' (the job's model) or 'fp' (its
+    full-precision baseline, or the model of a quantizer=none job). Every job appears once."""
+    rows = []
+    for path, data in latest_per_job(*roots).values():
         rows += _rows(path, data)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -134,7 +159,7 @@ def tidy_results(*roots: str | Path, completed_only: bool = True) -> pd.DataFram
     The FP value is the job's own baseline (the FP model scored in the same job) when it has one; a
     quantizer=none job is its own baseline; otherwise a quantizer=none job with the same model, suite, limit and
     seed (fp_source says which). Jobs with quantizer=none are labelled bits 'fp16'; a null limit reads 'all'.
-    A job found twice (the same job_id under two dirs) counts once, from the last dir in sorted order.
+    A job found twice (the same job_id under two dirs) counts once (`latest_per_job`).
     """
     df = read_results(*roots)
     if completed_only:
@@ -148,8 +173,6 @@ def tidy_results(*roots: str | Path, completed_only: bool = True) -> pd.DataFram
     own = df[(df["variant"] == "quantized") | is_fp_job].drop(columns="variant")
     base = (df[(df["variant"] == "fp") & ~is_fp_job][["dir", "task", "metric", "value", "stderr"]]
             .rename(columns={"value": "fp_value", "stderr": "fp_stderr"}))
-    # the same job (same job_id: same resolved config) found twice, e.g. re-run or copied: keep the latest
-    own = own.sort_values("dir").drop_duplicates(["job_id", "task", "metric"], keep="last")
     out = own.merge(base, on=["dir", "task", "metric"], how="left")
     out["fp_source"] = out["fp_value"].notna().map({True: "own", False: None})
     is_fp = out["quantizer"] == "none"

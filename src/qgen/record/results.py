@@ -26,11 +26,15 @@ RESULTS_FILE = "results.json"
 PACKAGES = ("qgen", "torch", "transformers", "lm_eval", "datasets", "hydra-core", "omegaconf", "numpy", "wandb")
 
 
+# Where and how a job runs, not what it computes: left out of its identity.
+EXECUTION_KEYS = ("paths", "hydra", "resume", "cache", "runtime", "logger")
+
+
 def identity_config(cfg: DictConfig) -> dict:
-    """The resolved config minus where it is written: what decides the job's results."""
+    """The resolved config minus where and how it runs: what decides the job's results."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("paths", None)
-    resolved.pop("hydra", None)
+    for key in EXECUTION_KEYS:
+        resolved.pop(key, None)
     return resolved
 
 
