@@ -122,14 +122,14 @@ def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, pref
                         f"'{{family: {{in_distribution: dataset, members: [datasets]}}}}'")
     mats = matrix.build(df, fams)
     if not mats:
-        raise QgenError(f"{prefix}: none of the groups' members ({', '.join(m for s in fams.values() for m in s['members'])})"
-                        f" was evaluated by a quantized job")
+        members = ", ".join(m for s in fams.values() for m in s["members"])
+        raise QgenError(f"{prefix}: none of the groups' members ({members}) was evaluated by a quantized job")
     claims = []
     for m in mats:
         c = matrix.comparisons(m, samples, opts.n_boot, opts.alpha)
         if not c.empty:
             claims.append(c)
-    for i, m in enumerate(mats):
+    for m in mats:
         name = f"{prefix}_{_slug(m.family)}_{_slug(m.setting['model'])}_{_slug(m.setting['quantizer'])}_" \
                f"{_slug(m.setting['bits'])}_n{m.setting['n_samples']}_l{m.setting['seq_len']}_{_slug(m.metric)}"
         section.tables.append(matrix.matrix_table(m, name))
@@ -186,7 +186,8 @@ def build(opts: Options) -> list[Path]:
             raise QgenError(f"unknown scenario {s!r}; available: {', '.join(SCENARIOS)}")
     df = load(opts.roots, score=opts.score)
     if opts.score not in set(df["metric"]):
-        raise QgenError(f"score {opts.score!r} is not a metric of any job; metrics: {', '.join(sorted(set(df['metric'])))}")
+        known = ", ".join(sorted(set(df["metric"])))
+        raise QgenError(f"score {opts.score!r} is not a metric of any job; metrics: {known}")
     configs = configs_of(opts.roots)
     samples = Samples()
     written = []

@@ -72,7 +72,7 @@ def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float 
             fp_rows = g.groupby("task").agg(fp=("fp_mean", "mean"))
             values.append({"Model": model, "Method": "FP16 (baselines)", "Bits": "fp16", "Calibration": "–",
                            "Seeds": "", **{_short(t): Cell(fp_rows.loc[t, "fp"]) for t in tasks if t in fp_rows.index}})
-    for cfg, g in stats.groupby(ROW_KEYS, sort=False):
+    for _, g in stats.groupby(ROW_KEYS, sort=False):
         r = g.iloc[0]
         by_task = g.set_index("task")
         values.append({**_row_head(r), **{_short(t): Cell(by_task.loc[t, "mean"], by_task.loc[t, "std"])
@@ -111,7 +111,7 @@ def family_table(stats: pd.DataFrame) -> Table:
                                                  tasks=("task", "nunique"), n_seeds=("n_seeds", "max"),
                                                  significant=("significant", "sum")).reset_index())
     rows = []
-    for cfg, g in fam.groupby(ROW_KEYS, sort=False):
+    for _, g in fam.groupby(ROW_KEYS, sort=False):
         r = g.iloc[0]
         rows.append({**_row_head(r), **{
             f"{f} ({int(t)} task{'s' if t > 1 else ''})": Cell(d, rel=rl, signed=True)
