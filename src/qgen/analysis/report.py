@@ -156,11 +156,12 @@ def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, pref
             series = {c: [m.mean.loc[c, t] for t in m.mean.columns] for c in m.mean.index}
             series_fp = [m.fp[t] for t in m.mean.columns]
             s = m.setting
+            kind = "radar" if len(m.mean.columns) >= 3 else "bars"  # a radar needs three axes
             rpath = opts.out_dir / "figures" / (f"{stem}_{_slug(s['quantizer'])}_{_slug(s['bits'])}_n{s['n_samples']}"
-                                                f"_l{s['seq_len']}_radar.png")
+                                                f"_l{s['seq_len']}_{kind}.png")
             series["FP16"] = series_fp
             figures.radar(list(m.mean.columns), series, rpath, f"{prefix.upper()} {m.title}",
-                          f"{metric} per test set", legend_title="calibration set")
+                          f"{metric} per test set", legend_title="calibration set (FP16: unquantized)")
             section.figures.append((f"{m.title}: scores per test set, one series per calibration set", rpath))
 
 

@@ -30,11 +30,12 @@ class Cell:
         if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
             return "–"
         sign = "+" if self.signed else ""
-        out = f"{self.value:{sign}.{self.digits}f}"
+        big = abs(self.value) >= 1e5  # e.g. the perplexity of a broken 2-bit model: scientific notation
+        out = f"{self.value:{sign}.{self.digits}{'e' if big else 'f'}}"
         if self.std is not None and not math.isnan(self.std):
-            out += f" ± {self.std:.{self.digits}f}"
+            out += f" ± {self.std:.{self.digits}{'e' if big else 'f'}}"
         if self.rel is not None and not math.isnan(self.rel):
-            out += f" ({self.rel:+.1f}%)"
+            out += f" ({self.rel:+.3g}%)" if abs(self.rel) >= 1e4 else f" ({self.rel:+.1f}%)"
         return out
 
 
