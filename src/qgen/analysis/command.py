@@ -40,7 +40,8 @@ def run(args) -> None:
         if not Path(root).exists():
             raise QgenError(f"{root} does not exist: give output dirs holding results.json files")
     written = build(opts)
-    print(f"report: {len(written)} files under {opts.out_dir}/ ({', '.join(f'{s}.md' for s in opts.scenarios)})")
+    pages = [p.name for p in written if p.suffix == ".md" and p.parent == opts.out_dir]
+    print(f"report: {len(written)} files under {opts.out_dir}/ ({', '.join(pages)})")
     if args.publish:
         from qgen.analysis.publish import publish
 

@@ -3,7 +3,7 @@ as `tables/<name>.md|.tex` and `csv/<name>.csv`, figures under `figures/`. What 
 `tables`, `figures` and `report-s1|s2|s3` targets run.
 
 Which jobs a scenario reads: those whose eval suite is named `s1_*` / `s2_*` / `s3_*` (or `--suite`); where none
-is, S1 reads every job and S2/S3 the jobs whose suite records `groups` (or all jobs, given `--groups`).
+is, S1 reads every job, S2 the jobs whose suite records `groups`, and S2/S3 all jobs given `--groups`.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def select(df: pd.DataFrame, configs: dict, scenario: str, opts: Options) -> tup
             chosen, how = df, "all jobs (no s1_* suite found)"
         elif opts.groups:
             chosen, how = df, "all jobs (explicit groups)"
-        else:
+        elif scenario == "s2":  # before an s2_* suite exists: any suite that records groups
             with_groups = {d for d, c in configs.items() if ((c.get("eval_suite") or {}).get("groups"))}
             chosen = df[df["dir"].isin(with_groups)]
             how = f"jobs whose suite records groups (no {pattern} suite found)"
