@@ -27,6 +27,7 @@ def test_multirun_leaves_one_offline_run_per_job(tmp_path):
     runs = sorted((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(results) == 2 and len(runs) == 2
     read = [read_offline_run(d) for d in runs]
+    assert all(x["complete"] for x in read)  # each run finished cleanly (its exit record is written)
     by_bits = {x["config"]["bits"]["name"]: x for x in read}
     assert set(by_bits) == {"w4a16", "w2a16"}
     for bits, run in by_bits.items():
@@ -87,7 +88,7 @@ def test_report_tables_publish_to_an_offline_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     run_dir = publish(tmp_path / "report", project="qgen-test")
     run = read_offline_run(run_dir)
-    assert run["run"]["job_type"] == "report"
+    assert run["complete"] and run["run"]["job_type"] == "report"
     assert run["summary"]["table/s2_wins/_type"] == "table-file"
     assert run["summary"]["table/s2_claims/nrows"] == 2
     assert run["summary"]["figure/s2_fam_m_acc_heatmap/_type"] == "image-file"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -157,9 +158,20 @@ def _records(path: Path):
             pending = b""
 
 
-def read_offline_run(run_dir: str | Path) -> dict:
-    """{run: {group, job_type, tags, display_name, project}, config: {...}, summary: {...}, history: [...]} of
-    an offline run dir (`wandb/offline-run-*`)."""
+def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict:
+    """{run: {group, job_type, tags, display_name, project}, config: {...}, summary: {...}, history: [...],
+    complete} of an offline run dir (`wandb/offline-run-*`). W&B's writer may still be flushing the file after
+    `run.finish()` returns: wait up to `wait_s` seconds for the run's exit record (complete=False if it never
+    came)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _read_run_file(Path(run_dir))
+        if out["complete"] or time.monotonic() > deadline:
+            return out
+        time.sleep(0.25)
+
+
+def _read_run_file(run_dir: Path) -> dict:
     import json
 
     from wandb.proto import wandb_internal_pb2 as pb
@@ -167,7 +179,7 @@ def read_offline_run(run_dir: str | Path) -> dict:
     files = sorted(Path(run_dir).glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"no run-*.wandb in {run_dir}")
-    out: dict = {"run": {}, "config": {}, "summary": {}, "history": []}
+    out: dict = {"run": {}, "config": {}, "summary": {}, "history": [], "complete": False}
 
     def items(updates):
         return {(u.key or "/".join(u.nested_key)): json.loads(u.value_json) for u in updates}
@@ -187,6 +199,8 @@ def read_offline_run(run_dir: str | Path) -> dict:
             out["history"].append(items(rec.history.item))
         elif kind == "summary":
             out["summary"].update(items(rec.summary.update))
+        elif kind == "exit":
+            out["complete"] = True
     out["config"] = {k: (v.get("value") if isinstance(v, dict) and set(v) <= {"value", "desc"} else v)
                      for k, v in out["config"].items()}
     return out
