@@ -22,7 +22,7 @@ from qgen.analysis import ablation, figures, matrix, s1
 from qgen.analysis import groups as groups_mod
 from qgen.analysis.command import SCENARIOS
 from qgen.analysis.tables import LEGEND, Table
-from qgen.analysis.tidy import Samples, configs_of, load
+from qgen.analysis.tidy import Samples, configs_of, load, task_family
 from qgen.errors import QgenError
 from qgen.record.reader import read_timings
 
@@ -86,7 +86,6 @@ def select(df: pd.DataFrame, configs: dict, scenario: str, opts: Options) -> tup
             fams = {"subjects": {"in_distribution": None, "members": members}}
     if fams:
         chosen = chosen.copy()
-        from qgen.analysis.tidy import task_family
         chosen["family"] = chosen["task"].map(lambda t: task_family(t, fams))
     return chosen, fams, f"{chosen['dir'].nunique()} jobs: {how}"
 
@@ -101,18 +100,21 @@ def run_s1(df, opts: Options, samples: Samples, section: Section) -> None:
         if q.empty:
             continue
         tasks = sorted(q["task"].unique(), key=lambda t: (t.startswith("ppl/"), t))
-        calibs = q["calib"].nunique() > 1
-        series = {}
-        for (label, calib), c in q.groupby(["label", "calib"], sort=True):
-            rel = {}
-            for t, v, fp, metric in zip(c["task"], c["mean"], c["fp_mean"], c["metric"]):
-                ok = not (math.isnan(fp) or math.isnan(v)) and (v if metric.startswith("ppl") else fp)  # no 0 div
-                rel[t] = 100 * (fp / v if metric.startswith("ppl") else v / fp) if ok else float("nan")
-            series[f"{label} / {calib}" if calibs else label] = [rel.get(t, float("nan")) for t in tasks]
+        q = q.assign(rel=[100 * (fp / v if m.startswith("ppl") else v / fp)
+                          if not (math.isnan(fp) or math.isnan(v)) and (v if m.startswith("ppl") else fp)
+                          else math.nan for v, fp, m in zip(q["mean"], q["fp_mean"], q["metric"])])
+        # one polygon per method/bits and calibration set; averaged over calibration sets when that is too many
+        per_calib = q["calib"].nunique() > 1 and q.groupby(["label", "calib"]).ngroups <= 8
+        keys = ["label", "calib"] if per_calib else ["label"]
+        series = {" / ".join(map(str, k if isinstance(k, tuple) else (k,))):
+                  [c.groupby("task")["rel"].mean().get(t, math.nan) for t in tasks]
+                  for k, c in q.groupby(keys, sort=True)}
+        note = "" if per_calib or q["calib"].nunique() == 1 else ", mean over calibration sets"
         path = opts.out_dir / "figures" / f"s1_radar_{_slug(model)}.png"
         figures.radar([t.replace("qgen_", "") for t in tasks], series, path,
-                      f"S1: {model}, score relative to FP16 (100 = FP16; perplexity inverted)",
-                      "% of FP16 (higher is better)", reference=100.0, legend_title="method bits / calibration")
+                      f"S1: {model}, score relative to FP16 (100 = FP16; perplexity inverted){note}",
+                      "% of FP16 (higher is better)", reference=100.0,
+                      legend_title="method bits / calibration" if per_calib else "method bits")
         section.figures.append((f"{model}: each configuration's score as % of FP16 per task", path))
 
 
