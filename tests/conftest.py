@@ -1,3 +1,8 @@
+"""Shared fixtures: the real QGEN_HOME (prepared by `make assets`), throwaway homes for tests that write, an
+isolated cache, and a helper that runs `python -m qgen.main` the way a user does."""
+
+from __future__ import annotations
+
 import os
 import subprocess
 import sys
@@ -5,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from qgen.home import qgen_home
+
+ROOT = REPO = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+REAL_HOME = qgen_home()  # before any test points QGEN_HOME at a temporary folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,3 +41,26 @@ def asset_ready() -> bool:
 def needs_assets():
     if not asset_ready():
         pytest.skip("offline assets not prepared: run `make assets`")
+
+
+@pytest.fixture
+def tmp_home(tmp_path, monkeypatch):
+    """An empty QGEN_HOME; the registry is re-read so that user registry folders set by a test take effect."""
+    from qgen.data import registry
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("QGEN_HOME", str(home))
+    registry.all_datasets.cache_clear()
+    registry.families.cache_clear()
+    yield home
+    registry.all_datasets.cache_clear()
+    registry.families.cache_clear()
+
+
+def real_archive(filename: str) -> Path:
+    """A verified archive in the real QGEN_HOME (skips when `make assets` has not run)."""
+    path = REAL_HOME / "assets" / "archives" / filename
+    if not path.is_file():
+        pytest.skip(f"{filename} not fetched; run `make assets`")
+    return path

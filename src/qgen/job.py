@@ -14,11 +14,13 @@ import logging
 import os
 import shutil
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from qgen.data.overlap import check_job_overlap
 from qgen.errors import QgenError
 from qgen.record import index
 from qgen.record.results import JobRecord, atomic_write_json, job_id
@@ -143,9 +145,11 @@ class Job:
         self.record.data["cache"][stage] = {"kind": kind, "key": key, "status": status if self.use_cache else "off"}
         return result["value"], key
 
+    @contextmanager
     def stage(self, name: str):
-        _fail_injection(name, self.cfg)
-        return self.record.stage(name)
+        with self.record.stage(name):
+            _fail_injection(name, self.cfg)
+            yield
 
     # -- stages ---------------------------------------------------------------------------------------------
     def load_model(self):
@@ -268,6 +272,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     previous = skip_if_done(cfg, out_dir)
     if previous is not None:
         return {"status": "skipped", "job_id": job_id(cfg), "results": str(previous)}
+    check_job_overlap(cfg)  # calibration data must be there and share no example with the eval suite
     if cfg.runtime.get("threads"):
         torch.set_num_threads(int(cfg.runtime.threads))
     torch.manual_seed(cfg.seed)

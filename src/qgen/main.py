@@ -14,8 +14,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from qgen.data import calib_configs
 from qgen.errors import QgenError
 from qgen.validate import preflight
+
+calib_configs.register()  # calib=<any registered dataset> (see qgen/data/calib_configs.py)
 
 log = logging.getLogger("qgen")
 

