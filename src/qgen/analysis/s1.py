@@ -1,0 +1,160 @@
+"""S1: each quantized configuration against the full-precision model, per task and per task family — absolute
+and relative change, mean ± std over seeds, and a paired bootstrap (quantized vs FP items) behind every change.
+
+FP per-item scores come from quantizer=none jobs of the same model, suite and limit (the job's own baseline
+records aggregate metrics only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from qgen.analysis.stats import compare_items, higher_is_better, seed_summary
+from qgen.analysis.tables import Cell, Table
+from qgen.analysis.tidy import Samples
+
+ROW_KEYS = ["model", "label", "quantizer", "bits", "calib", "n_samples", "seq_len", "suite", "limit"]
+FP_KEYS = ["model", "suite", "limit"]
+
+
+def _short(task: str) -> str:
+    return task.replace("qgen_", "", 1)
+
+
+def per_config(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (configuration, task) of the primary metric: seed statistics of value, FP and change."""
+    prim = df[df["primary"]].copy()
+    prim["delta"] = prim["value"] - prim["fp_value"]
+    rows = []
+    for key, g in prim.groupby([*ROW_KEYS, "family", "task", "metric"], sort=True):
+        v, fp, d = seed_summary(g["value"]), seed_summary(g["fp_value"]), seed_summary(g["delta"])
+        rel = 100 * d["mean"] / fp["mean"] if fp["mean"] not in (0, None) and not math.isnan(fp["mean"]) else math.nan
+        rows.append({**dict(zip([*ROW_KEYS, "family", "task", "metric"], key)), "mean": v["mean"], "std": v["std"],
+                     "n_seeds": v["n_seeds"], "fp_mean": fp["mean"], "delta_mean": d["mean"], "delta_std": d["std"],
+                     "rel_change_pct": rel, "seeds": ",".join(str(s) for s in sorted(g["seed"].unique())),
+                     "dirs": tuple(sorted(g["dir"]))})
+    return pd.DataFrame(rows)
+
+
+def add_significance(stats: pd.DataFrame, df: pd.DataFrame, samples: Samples, n_boot: int, alpha: float
+                     ) -> pd.DataFrame:
+    """Paired bootstrap of each quantized configuration against the FP jobs' items on the same task."""
+    fp_dirs = (df[df["quantizer"] == "none"].groupby(FP_KEYS)["dir"].agg(lambda s: tuple(sorted(set(s)))))
+    out = []
+    for _, r in stats.iterrows():
+        res = None
+        key = tuple(r[k] for k in FP_KEYS)
+        if r["quantizer"] != "none" and key in fp_dirs.index and not r["task"].startswith("ppl/"):
+            res = compare_items(samples(r["dirs"]), samples(fp_dirs.loc[key]), r["task"], r["metric"], n_boot, alpha)
+        out.append({"ci_low": res.ci_low if res else math.nan, "ci_high": res.ci_high if res else math.nan,
+                    "p_value": res.p_value if res else math.nan, "n_items": res.n_items if res else math.nan,
+                    "significant": bool(res.significant) if res else False, "tested": res is not None})
+    return pd.concat([stats.reset_index(drop=True), pd.DataFrame(out)], axis=1)
+
+
+def _row_head(r) -> dict:
+    return {"Model": r["model"], "Method": r["quantizer"] if r["quantizer"] != "none" else "FP16",
+            "Bits": r["bits"], "Calibration": r["calib"] if r["quantizer"] != "none" else "–",
+            "Seeds": r["n_seeds"]}
+
+
+def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float = 0.05) -> tuple[list[Table],
+                                                                                                   pd.DataFrame]:
+    stats = add_significance(per_config(df), df, samples, n_boot, alpha)
+    tasks = sorted(stats["task"].unique(), key=lambda t: (t.startswith("ppl/"), t))
+    values, deltas = [], []
+    # The FP rows: quantizer=none jobs where present, else the baselines recorded inside quantized jobs.
+    fp_source = stats[stats["quantizer"] == "none"]
+    for model, g in stats.groupby("model"):
+        if fp_source[fp_source["model"] == model].empty:
+            fp_rows = g.groupby("task").agg(fp=("fp_mean", "mean"))
+            values.append({"Model": model, "Method": "FP16 (baselines)", "Bits": "fp16", "Calibration": "–",
+                           "Seeds": "", **{_short(t): Cell(fp_rows.loc[t, "fp"]) for t in tasks if t in fp_rows.index}})
+    for _, g in stats.groupby(ROW_KEYS, sort=False):
+        r = g.iloc[0]
+        by_task = g.set_index("task")
+        values.append({**_row_head(r), **{_short(t): Cell(by_task.loc[t, "mean"], by_task.loc[t, "std"])
+                                          for t in tasks if t in by_task.index}})
+        if r["quantizer"] == "none":
+            continue
+        deltas.append({**_row_head(r), **{
+            _short(t): Cell(by_task.loc[t, "delta_mean"], by_task.loc[t, "delta_std"], by_task.loc[t, "rel_change_pct"],
+                            frozenset({"sig"}) if by_task.loc[t, "significant"] else frozenset(), signed=True)
+            for t in tasks if t in by_task.index}})
+    metric_note = ", ".join(sorted({f"{_short(t)}: {m}" for t, m in zip(stats["task"], stats["metric"])}))
+    out = [Table("s1_values", "S1: scores per task (quantized and full precision)",
+                 _order(pd.DataFrame(values)), stats.drop(columns="dirs"),
+                 [f"Metrics — {metric_note}.", "Cells: mean ± std over seeds."])]
+    if deltas:
+        out.append(Table("s1_change", "S1: change against full precision per task",
+                         _order(pd.DataFrame(deltas)), stats[stats["quantizer"] != "none"].drop(columns="dirs"),
+                         [("Cells: quantized − FP, mean ± std over seeds, (relative change). For perplexity "
+                           "lower is better; for accuracy higher."),
+                          "*: the paired bootstrap over items (quantized vs FP jobs, 95% CI) excludes 0."]))
+        out.append(family_table(stats))
+    methods = method_claims(stats, samples, n_boot, alpha)
+    if methods is not None:
+        out.append(methods)
+    return out, stats
+
+
+def _order(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.fillna("–")
+
+
+def family_table(stats: pd.DataFrame) -> Table:
+    """Mean change per task family: absolute (in the metric's units) and relative, averaged over its tasks."""
+    q = stats[stats["quantizer"] != "none"]
+    fam = (q.groupby([*ROW_KEYS, "family"]).agg(delta=("delta_mean", "mean"), rel=("rel_change_pct", "mean"),
+                                                 tasks=("task", "nunique"), n_seeds=("n_seeds", "max"),
+                                                 significant=("significant", "sum")).reset_index())
+    rows = []
+    for _, g in fam.groupby(ROW_KEYS, sort=False):
+        r = g.iloc[0]
+        rows.append({**_row_head(r), **{
+            f"{f} ({int(t)} task{'s' if t > 1 else ''})": Cell(d, rel=rl, signed=True)
+            for f, d, rl, t in zip(g["family"], g["delta"], g["rel"], g["tasks"])}})
+    return Table("s1_families", "S1: mean change against full precision per task family", _order(pd.DataFrame(rows)),
+                 fam, ["Cells: mean over the family's tasks of (quantized − FP), with the mean relative change.",
+                       "Column headers give the number of tasks; higher_is_better: accuracy yes, perplexity no."])
+
+
+def direction_note(metric: str) -> str:
+    return "higher is better" if higher_is_better(metric) else "lower is better"
+
+
+def method_claims(stats: pd.DataFrame, samples: Samples, n_boot: int, alpha: float) -> Table | None:
+    """Every "method A beats method B" claim: quantizers compared pairwise at the same bits, calibration and task,
+    with the paired bootstrap over the task's items; None when no two quantizers share a setting."""
+    q = stats[stats["quantizer"] != "none"]
+    keys = ["model", "bits", "calib", "n_samples", "seq_len", "suite", "limit", "task", "metric"]
+    rows, data = [], []
+    for key, g in q.groupby(keys, sort=True):
+        g = g.sort_values("quantizer")
+        recs = list(g.itertuples())
+        for i, a in enumerate(recs):
+            for b in recs[i + 1:]:
+                res = None
+                if not a.task.startswith("ppl/"):
+                    res = compare_items(samples(a.dirs), samples(b.dirs), a.task, a.metric, n_boot, alpha)
+                diff = a.mean - b.mean
+                better = a.quantizer if (diff > 0) == higher_is_better(a.metric) and diff != 0 else (
+                    b.quantizer if diff != 0 else "tie")
+                data.append({**dict(zip(keys, key)), "a": a.quantizer, "b": b.quantizer, "mean_a": a.mean,
+                             "mean_b": b.mean, "diff": diff, "better": better,
+                             "ci_low": res.ci_low if res else math.nan, "ci_high": res.ci_high if res else math.nan,
+                             "p_value": res.p_value if res else math.nan,
+                             "significant": bool(res.significant) if res else False})
+                rows.append({"Model": a.model, "Bits": a.bits, "Calibration": a.calib, "Task": _short(a.task),
+                             "A": a.quantizer, "B": b.quantizer,
+                             "A − B": Cell(diff, digits=4, signed=True,
+                                           marks=frozenset({"sig"}) if res and res.significant else frozenset()),
+                             "95% CI": "–" if res is None else f"[{res.ci_low:+.4f}, {res.ci_high:+.4f}]",
+                             "better": better})
+    if not rows:
+        return None
+    return Table("s1_methods", "S1: quantization methods compared pairwise", pd.DataFrame(rows), pd.DataFrame(data),
+                 [("A − B in the task's metric (mean over seeds); *: the paired bootstrap 95% CI over items "
+                   "excludes 0. 'better' follows the metric's direction (lower perplexity is better).")])

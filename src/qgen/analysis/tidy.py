@@ -1,0 +1,107 @@
+"""The analysis frame: `record.reader.tidy_results` plus what the analyses group and label by.
+
+Adds to each (job, task, metric) row: `dataset` (the registry dataset a task scores), `family` (its S2/S3 group
+if one lists it, else the registry's `family` or task type), `config` (a label of everything but the seed) and
+`primary` (whether this metric is the one the tables report for the task).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+from qgen.errors import QgenError
+from qgen.record.reader import CONFIG_KEYS, read_configs, read_samples, tidy_results
+
+PPL_PREFIX = "ppl/"
+TASK_PREFIX = "qgen_"
+
+
+def task_dataset(task: str) -> str:
+    if task.startswith(PPL_PREFIX):
+        return task[len(PPL_PREFIX):]
+    if task.startswith(TASK_PREFIX):
+        return task[len(TASK_PREFIX):]
+    return task
+
+
+@cache
+def _registry_family(dataset: str) -> str | None:
+    from qgen.data import registry
+
+    try:
+        spec = registry.get(dataset)
+    except QgenError:
+        return None
+    return spec.extra.get("family") or spec.task_type
+
+
+def task_family(task: str, groups: dict | None = None) -> str:
+    if task.startswith(PPL_PREFIX):
+        return "perplexity"
+    dataset = task_dataset(task)
+    for family, spec in (groups or {}).items():
+        if dataset in spec["members"]:
+            return family
+    return _registry_family(dataset) or "other"
+
+
+def config_label(row) -> str:
+    if row["quantizer"] == "none":
+        return "FP16"
+    return f"{row['quantizer']} {row['bits']}"
+
+
+# The metric a table reports for a task: the requested one where the task has it, else the first of these.
+SCORE_ORDER = ("acc", "f1", "exact_match", "acc_norm")
+
+
+def primary_metrics(metrics_by_task: dict[str, set], score: str) -> dict[str, str | None]:
+    out = {}
+    for task, metrics in metrics_by_task.items():
+        if task.startswith(PPL_PREFIX):
+            out[task] = next((m for m in sorted(metrics) if m.startswith("ppl_")), None)
+        else:
+            out[task] = next((m for m in (score, *SCORE_ORDER) if m in metrics), None)
+    return out
+
+
+def load(roots: list[str | Path], groups: dict | None = None, score: str = "acc",
+         suite: str | None = None) -> pd.DataFrame:
+    """Every completed job under the roots (optionally only those of eval suite `suite`) as the analysis frame."""
+    df = tidy_results(*roots)
+    if df.empty:
+        raise QgenError(f"no completed results.json under {', '.join(map(str, roots))}")
+    if suite is not None:
+        df = df[df["suite"] == suite]
+        if df.empty:
+            raise QgenError(f"no completed job with eval_suite {suite!r} under {', '.join(map(str, roots))}")
+    df = df.copy()
+    df["dataset"] = df["task"].map(task_dataset)
+    df["family"] = df["task"].map(lambda t: task_family(t, groups))
+    df["label"] = df.apply(config_label, axis=1)
+    primary = primary_metrics(df.groupby("task")["metric"].agg(set).to_dict(), score)
+    df["primary"] = [primary[t] == m for t, m in zip(df["task"], df["metric"])]
+    df["config"] = df[CONFIG_KEYS].astype(str).agg("|".join, axis=1)
+    return df
+
+
+class Samples:
+    """Per-item scores of the jobs behind a configuration (every seed), read once per job dir."""
+
+    def __init__(self):
+        self._cache: dict[str, pd.DataFrame] = {}
+
+    def __call__(self, dirs) -> pd.DataFrame:
+        frames = []
+        for d in sorted(set(dirs)):
+            if d not in self._cache:
+                self._cache[d] = read_samples(d)
+            frames.append(self._cache[d])
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task", "doc_id"])
+
+
+def configs_of(roots: list[str | Path]) -> dict[str, dict]:
+    return read_configs(*roots)

@@ -1,0 +1,151 @@
+"""Tidy table, S1 and S2 numbers, and the Markdown/LaTeX/CSV renderings, against the hand-computed fixture."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from analysis_fixture import GROUPS, write_fixture
+from qgen.analysis import groups, matrix, s1
+from qgen.analysis.tidy import Samples, load
+from qgen.errors import QgenError
+from qgen.record.reader import tidy_results
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return write_fixture(tmp_path_factory.mktemp("fixture"))
+
+
+@pytest.fixture(scope="module")
+def frame(root):
+    return load([root], groups=GROUPS)
+
+
+def test_tidy_rows_carry_config_and_fp_baseline(root):
+    df = tidy_results(root)
+    assert set(df["status"]) == {"completed"}  # the failed job is left out
+    assert len(df["dir"].unique()) == 6
+    row = df[(df["calib"] == "a") & (df["seed"] == 2) & (df["task"] == "qgen_a") & (df["metric"] == "acc")].iloc[0]
+    assert (row["model"], row["quantizer"], row["bits"], row["n_samples"], row["seq_len"]) == ("m", "rtn", "w4a16",
+                                                                                              128, 512)
+    assert row["value"] == 0.5 and row["fp_value"] == 0.75 and row["fp_source"] == "own"
+    # calib b jobs have no baseline of their own: the FP job of the same seed supplies it
+    row_b = df[(df["calib"] == "b") & (df["task"] == "ppl/wiki") & (df["metric"] == "ppl_nonoverlap_w512")]
+    assert set(row_b["fp_source"]) == {"fp_job"} and set(row_b["fp_value"]) == {10.0}
+    fp = df[df["quantizer"] == "none"]
+    assert set(fp["bits"]) == {"fp16"} and set(fp["fp_source"]) == {"self"}
+
+
+def test_s1_changes_and_significance(frame):
+    tables, stats = s1.tables(frame, Samples(), n_boot=2000)
+    q = stats[stats["quantizer"] == "rtn"].set_index(["calib", "task"])
+    assert q.loc[("a", "qgen_a"), "mean"] == pytest.approx(0.625)
+    assert q.loc[("a", "qgen_a"), "std"] == pytest.approx(0.1767767, abs=1e-6)
+    assert q.loc[("a", "qgen_a"), "delta_mean"] == pytest.approx(-0.125)
+    assert q.loc[("a", "qgen_a"), "rel_change_pct"] == pytest.approx(-100 / 6)
+    assert q.loc[("a", "ppl/wiki"), "delta_mean"] == pytest.approx(3.0)
+    assert q.loc[("a", "ppl/wiki"), "rel_change_pct"] == pytest.approx(30.0)
+    assert q.loc[("b", "qgen_a"), "rel_change_pct"] == pytest.approx(-200 / 3)
+    # calib a loses every one of task b's 4 correct items: significant; calib b equals FP on b: not
+    assert q.loc[("a", "qgen_b"), "significant"] and q.loc[("a", "qgen_b"), "ci_high"] < 0
+    assert not q.loc[("b", "qgen_b"), "significant"] and q.loc[("b", "qgen_b"), "ci_low"] == 0
+    assert not q.loc[("a", "qgen_a"), "significant"]
+    assert not q.loc[("a", "ppl/wiki"), "tested"]  # no per-item scores for perplexity
+    names = [t.name for t in tables]
+    assert names == ["s1_values", "s1_change", "s1_families"]
+    fam = tables[2].data.set_index(["calib", "family"])
+    assert fam.loc[("a", "fam"), "delta"] == pytest.approx((-0.125 - 0.5) / 2)
+    md = tables[1].markdown()
+    assert "-0.500 ± 0.000 (-100.0%)\\*" in md and "+3.000 ± 1.414 (+30.0%)" in md
+
+
+def test_s2_matrix_win_count_and_gap(frame):
+    mats = [m for m in matrix.build(frame, GROUPS) if m.metric == "acc"]
+    assert len(mats) == 1
+    m = mats[0]
+    assert list(m.mean.index) == ["a", "b"] and list(m.mean.columns) == ["a", "b"]
+    assert m.mean.loc["a", "a"] == pytest.approx(0.625) and m.mean.loc["a", "b"] == 0.0
+    assert m.mean.loc["b", "a"] == 0.25 and m.mean.loc["b", "b"] == 0.5
+    assert m.fp["a"] == 0.75 and m.fp["b"] == 0.5
+    claims = matrix.comparisons(m, Samples(), n_boot=2000, alpha=0.05).set_index("test")
+    assert claims.loc["a", "gap"] == pytest.approx(0.375) and claims.loc["b", "gap"] == pytest.approx(0.5)
+    assert not claims.loc["a", "significant"] and claims.loc["b", "significant"]
+    assert m.sig == {("b", "b")}
+    wins = matrix.win_table(claims.reset_index(), "w", "wins").data.iloc[-1]
+    assert (wins["pairs"], wins["id_wins"], wins["significant_wins"], wins["significant_losses"]) == (2, 2, 1, 0)
+    assert (wins["tests"], wins["id_best"], wins["id_best_significant"]) == (2, 2, 1)
+    assert wins["mean_gap_to_best_ood"] == pytest.approx(0.4375)
+    t = matrix.matrix_table(m, "s2_fam")
+    md, tex = t.markdown(), t.latex()
+    assert "**0.625 ± 0.177**" in md and "**0.500 ± 0.000**\\*" in md and "| a (ID) | b |" in md
+    assert r"\textbf{0.500 $\pm$ 0.000}$^{*}$" in tex and r"\toprule" in tex
+    data = t.data.set_index(["calib", "test"])
+    assert data.loc[("a", "a"), "in_distribution_cell"] and not data.loc[("a", "b"), "in_distribution_cell"]
+    assert data.loc[("b", "b"), "significant_vs_best_ood"]
+
+
+def test_ppl_matrix_gap_sign_is_flipped():
+    df = pd.DataFrame({
+        "model": "m", "quantizer": "rtn", "bits": "w4", "n_samples": 1, "seq_len": 1, "suite": "s", "limit": "all",
+        "calib_dataset": ["x", "y", "x", "y"], "task": ["ppl/x", "ppl/x", "ppl/y", "ppl/y"],
+        "metric": "ppl_nonoverlap_w512", "value": [5.0, 7.0, 9.0, 8.0], "fp_value": [4.0, 4.0, 6.0, 6.0],
+        "primary": True, "dir": ["d1", "d2", "d1", "d2"], "seed": 1})
+    m = matrix.build(df, {"f": {"in_distribution": "x", "members": ["x", "y"]}})[0]
+    c = matrix.comparisons(m, Samples(), 100, 0.05).set_index("test")
+    assert c.loc["x", "gap"] == 2.0 and c.loc["x", "outcome"] == "win"  # lower perplexity with ID calibration
+    assert c.loc["y", "gap"] == 1.0 and math.isnan(c.loc["y", "ci_low"])
+
+
+def test_groups_schema_errors():
+    assert groups.parse('{"f": {"in_distribution": "a", "members": ["a", "b"]}}') == {
+        "f": {"in_distribution": "a", "members": ["a", "b"]}}
+    with pytest.raises(QgenError, match="not one of its members"):
+        groups.parse("f: {in_distribution: c, members: [a, b]}")
+    with pytest.raises(QgenError, match="non-empty list 'members'"):
+        groups.parse("f: {in_distribution: a}")
+    with pytest.raises(QgenError, match="differs between jobs"):
+        groups.from_configs({"j1": {"eval_suite": {"groups": {"f": {"members": ["a"]}}}},
+                             "j2": {"eval_suite": {"groups": {"f": {"members": ["b"]}}}}})
+
+
+def test_datasets_suite_schemas():
+    # conf/eval_suite/s2_shift.yaml lists the in-distribution member and its shifts
+    g = groups.parse("qa: {in_distribution: squad, shifted: [squadshifts_nyt, squadshifts_reddit]}")
+    assert g == {"qa": {"in_distribution": "squad", "members": ["squad", "squadshifts_nyt", "squadshifts_reddit"]}}
+    # conf/eval_suite/s3_subjects.yaml has categories and no groups
+    s3 = groups.from_configs({"j": {"eval_suite": {"name": "s3_subjects", "categories": ["mmlu_stem", "mmlu_other"]}}})
+    assert s3 == {"subjects": {"in_distribution": None, "members": ["mmlu_stem", "mmlu_other"]}}
+
+
+def test_primary_metric_falls_back_per_task():
+    from qgen.analysis.tidy import primary_metrics
+
+    got = primary_metrics({"qgen_squad": {"exact_match", "f1", "n_items"}, "qgen_a": {"acc", "acc_norm"},
+                           "ppl/w": {"ppl_nonoverlap_w512", "tokens"}, "qgen_x": {"n_items"}}, "acc_norm")
+    assert got == {"qgen_squad": "f1", "qgen_a": "acc_norm", "ppl/w": "ppl_nonoverlap_w512", "qgen_x": None}
+
+
+def test_methods_compared_pairwise(tmp_path):
+    from analysis_fixture import add_quantizer
+
+    root = write_fixture(tmp_path)
+    add_quantizer(root, "gptq", [1] * 8)
+    tables, _ = s1.tables(load([root], groups=GROUPS), Samples(), n_boot=1000)
+    methods = next(t for t in tables if t.name == "s1_methods").data.set_index("task")
+    assert list(methods["a"].unique()) == ["gptq"] and list(methods["b"].unique()) == ["rtn"]
+    assert methods.loc["qgen_b", "diff"] == 1.0 and methods.loc["qgen_b", "significant"]
+    assert methods.loc["qgen_b", "better"] == "gptq"
+    assert methods.loc["qgen_a", "diff"] == 0 and methods.loc["qgen_a", "better"] == "tie"
+    assert not methods.loc["qgen_a", "significant"]
+    assert methods.loc["ppl/wiki", "better"] == "tie" and math.isnan(methods.loc["ppl/wiki", "ci_low"])
+
+
+def test_a_job_found_twice_counts_once(tmp_path):
+    import shutil
+
+    root = write_fixture(tmp_path / "runs")
+    shutil.copytree(root / "multiruns" / "q" / "rtn_a_s1", root / "multiruns" / "rerun" / "rtn_a_s1")
+    df = tidy_results(root)
+    rows = df[(df["calib"] == "a") & (df["task"] == "qgen_a") & (df["metric"] == "acc")]
+    assert len(rows) == 2 and sorted(rows["seed"]) == [1, 2]
