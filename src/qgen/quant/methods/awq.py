@@ -62,7 +62,7 @@ class AWQ(QuantMethod):
         report = {}
         for (path, linear) in ctx.linears.items():
             shrink = None
-            if self.clip and not path.rsplit(".", 1)[-1] in self.clip_skip:
+            if self.clip and path.rsplit(".", 1)[-1] not in self.clip_skip:
                 shrink = self.clip_weight(linear, x)
             if ctx.final:
                 w_hat, params = quantize_weight(linear.weight.data.to(ctx.device), self.weight)
