@@ -3,8 +3,8 @@
 Each entry says what the dataset is (task type, language, scenario tags), where it comes from (a member of a
 registry-package archive, a local file, or a hub repository / local copy laid out like it), how its rows split
 into two disjoint parts — one for calibration, one for evaluation — and how an example renders as calibration
-text (what the model sees at test time, without the answer). Adding a dataset is adding one YAML file here (or, for a user's own data, in
-a folder named by $QGEN_DATASETS_DIR); see docs/datasets.md.
+text (what the model sees at test time, without the answer). Adding a dataset is adding one YAML file here (or,
+for a user's own data, in a folder named by $QGEN_DATASETS_DIR); see docs/datasets.md.
 
 A family of alike datasets (MMLU categories, multiemo languages, BBQ categories) is one file with `base:` (the
 shared fields), `variants:` ({name: fields merged over base}) and `lm_eval_group:` (the lm-eval group that runs
