@@ -43,16 +43,17 @@ def sweep_of(job_dir: Path) -> str | None:
 def _rows(path: Path, data: dict) -> list[dict]:
     cfg = data.get("config") or {}
     calib, suite = cfg.get("calib") or {}, cfg.get("eval_suite") or {}
+    calib_label = _calib_label(calib)
     base = {
         "job_id": data.get("job_id"),
         "status": data.get("status"),
         "model": cfg.get("model", {}).get("name"),
         "quantizer": cfg.get("quantizer", {}).get("name"),
         "bits": cfg.get("bits", {}).get("name"),
-        "calib": _calib_label(cfg.get("calib", {})),
+        "calib": calib_label,
         "seed": data.get("seed"),
         "dir": str(path.parent),
-        "calib_dataset": _calib_label(calib),
+        "calib_dataset": calib_label,
         "n_samples": calib.get("n_samples"),
         "seq_len": calib.get("seq_len"),
         "suite": suite.get("name"),
