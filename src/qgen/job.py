@@ -167,11 +167,11 @@ class Job:
     def calibration(self):
         from qgen.assets import read_manifest
         from qgen.data import registry
-        from qgen.data.calibration import CalibrationSet, build_calibration
+        from qgen.data.calibration import CalibrationSet, build_calibration, dataset_names
 
         cfg = self.cfg.calib
         log.info("[2/5 calibration] %s: %d x %d tokens", cfg.name, cfg.n_samples, cfg.seq_len)
-        names = [cfg.dataset] if isinstance(cfg.dataset, str) else list(cfg.dataset)
+        names = dataset_names(cfg.dataset)
         data = {n: ((read_manifest(registry.get(n).folder) or {}).get("files", {}).get("calib.jsonl") or {})
                 .get("sha256") for n in names}
         identity = {"tokenizer": tokenizer_identity(self.tokenizer), "calib": _plain(cfg), "data": data}

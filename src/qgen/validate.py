@@ -112,9 +112,12 @@ def check_job(cfg: DictConfig) -> None:
 
 def check_datasets(cfg: DictConfig) -> None:
     from qgen.data import registry
+    from qgen.data.calibration import dataset_names
 
-    datasets = cfg.calib.dataset
-    for name in [datasets] if isinstance(datasets, str) else list(datasets):
+    names = dataset_names(cfg.calib.dataset)
+    if not names:
+        raise QgenError("calib.dataset is empty; name at least one registered dataset")
+    for name in names:
         registry.get(name)
     for entry in cfg.eval_suite.get("perplexity") or []:
         registry.get(entry.dataset)

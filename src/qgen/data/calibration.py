@@ -31,7 +31,8 @@ class CalibrationSet:
         return self.input_ids.shape[0]
 
 
-def _as_list(value) -> list:
+def dataset_names(value) -> list:
+    """`calib.dataset` as a list of names: one name, or the datasets of a mixture."""
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
@@ -80,7 +81,7 @@ def windows_from_dataset(name: str, tokenizer, n_windows: int, seq_len: int, see
 
 def build_calibration(cfg, tokenizer) -> CalibrationSet:
     """cfg: dataset (a name or a list), weights (optional), n_samples, seq_len, seed."""
-    datasets = _as_list(cfg.dataset)
+    datasets = dataset_names(cfg.dataset)
     if not datasets:
         raise QgenError("calib.dataset is empty; name at least one registered dataset")
     n_samples, seq_len, seed = int(cfg.n_samples), int(cfg.seq_len), int(cfg.seed)
