@@ -269,12 +269,12 @@ class Job:
         if self.methods:
             with self.stage("quantize"):
                 weights_key = self.quantize(calib_key)
-        if self.cfg.get("export"):
-            with self.stage("export"):
-                self.export(self.out_dir / "export")
         with self.stage("evaluate"):
             log.info("[5/5 evaluate] %s", self.cfg.eval_suite.name)
             self.record.data["metrics"] = self.evaluate(weights_key, "samples.jsonl")
+        if self.cfg.get("export"):  # after the evaluation is recorded: a failed export cannot cost it
+            with self.stage("export"):
+                self.export(self.out_dir / "export")
         return self.record.data
 
 

@@ -111,7 +111,8 @@ def limit_heap_growth(threshold: int = 1 << 20) -> bool:
     """glibc raises its mmap threshold after large blocks are freed, after which freed activation buffers stay in
     the heap and the resident set ratchets up block by block (measured on 10 SmolLM2 blocks at 8 x 512: +306 MB
     peak over the resident model by default, +122 MB with a fixed 1 MiB threshold). Fixing the threshold makes
-    buffers of 1 MiB and more go back to the OS when freed. Returns whether it applied (glibc only)."""
+    buffers of 1 MiB and more go back to the OS when freed (process-wide; it stays set). Returns whether it
+    applied (glibc only)."""
     import ctypes
     import ctypes.util
     import sys
