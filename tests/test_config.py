@@ -47,9 +47,14 @@ def test_every_group_option_composes_and_validates(group, option):
     ("model.pretrained=/no/such/model", "model.pretrained='/no/such/model' does not exist"),
     ("calib.dataset=nope", "unknown dataset 'nope'"),
     ("calib.n_samples=0", "calib.n_samples=0 is not allowed"),
+    ("export=gguf", "export='gguf' is not allowed: use null or one of compressed-tensors"),
+    ("quantizer=spqr export=compressed-tensors", "cannot hold spqr weights"),
+    ("quantizer=smoothquant bits=w8a8 export=compressed-tensors", "writes weight-only checkpoints"),
+    ("quantizer=none bits=fp16 export=compressed-tensors", "quantizer=none quantizes nothing"),
+    ("quantizer=gptq quantizer.methods.0.desc_act=true export=compressed-tensors", "set static_groups=true"),
 ])
 def test_bad_values_are_rejected_with_one_line(override, message):
-    overrides = [override]
+    overrides = override.split()
     if override.startswith("model.pretrained"):
         overrides = ["model.asset=null", override]
     with pytest.raises(QgenError) as err:

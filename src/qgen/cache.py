@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 ENTRY = "entry.json"
 KINDS = ("calibration", "quantized", "eval")
 # Bump when what a cached artifact means changes (quantization math, calibration windows, eval protocol).
-CODE_VERSION = {"calibration": 1, "quantized": 1, "eval": 1}
+CODE_VERSION = {"calibration": 1, "quantized": 2, "eval": 1}  # quantized 2: grids saved
 
 
 def make_key(kind: str, identity: dict) -> str:

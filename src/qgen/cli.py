@@ -6,6 +6,7 @@
   qgen results DIR [DIR ...]         a table of the results.json files under output dirs
   qgen cache list|clear [--kind K]   the content-addressed caches (calibration, quantized, eval)
   qgen report [DIR ...] [--out report] [--scenario s1 s2 s3 ablation]   tables and figures (qgen.analysis)
+  qgen export JOB_DIR [--out DIR]    a finished job's quantized model as a compressed-tensors checkpoint
 """
 
 from __future__ import annotations
@@ -115,6 +116,15 @@ def cmd_cache(args) -> None:
     print(f"{len(rows)} entries, {total / 1e6:.1f} MB in {cache.cache_dir()}")
 
 
+def cmd_export(args) -> None:
+    from pathlib import Path
+
+    from qgen.job import export_job
+
+    out = export_job(Path(args.job_dir), Path(args.out) if args.out else None, args.format)
+    print(f"exported to {out} ({args.format}); load it with transformers' AutoModelForCausalLM.from_pretrained")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="qgen", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -137,6 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--kind", choices=["calibration", "quantized", "eval"])
     p.set_defaults(fn=cmd_cache)
+    p = sub.add_parser("export", help="write a finished job's quantized model as a low-bit checkpoint")
+    p.add_argument("job_dir", help="the output folder of one completed job (holds results.json)")
+    p.add_argument("--out", default=None, help="where to write it (default: JOB_DIR/export)")
+    p.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors"])
+    p.set_defaults(fn=cmd_export)
     from qgen.analysis import command as report
     p = sub.add_parser("report", help="paper tables and figures from output dirs (S1, S2, S3, ablations)")
     report.add_arguments(p)

@@ -238,9 +238,21 @@ class Job:
         self.record.data["quant_report"] = report
         return {"quantized": key}
 
+    def export(self, out: Path) -> Path:
+        from qgen.quant.export import export_compressed_tensors
+
+        log.info("[export] %s -> %s", self.cfg.export, out)
+        export_compressed_tensors(self.model, out, self.tokenizer)
+        self.record.data["export"] = {"format": self.cfg.export, "path": str(out)}
+        return out
+
     def run(self) -> dict:
         with self.stage("load_model"):
             self.load_model()
+        if self.cfg.get("export"):
+            from qgen.quant.export import check_export_widths
+
+            check_export_widths(self.model, self.adapter, int(self.cfg.bits.group_size))
         self.calib, calib_key = None, None
         if self.needs_calibration:
             with self.stage("calibration"):
@@ -260,7 +272,40 @@ class Job:
         with self.stage("evaluate"):
             log.info("[5/5 evaluate] %s", self.cfg.eval_suite.name)
             self.record.data["metrics"] = self.evaluate(weights_key, "samples.jsonl")
+        if self.cfg.get("export"):  # after the evaluation is recorded: a failed export cannot cost it
+            with self.stage("export"):
+                self.export(self.out_dir / "export")
         return self.record.data
+
+
+def export_job(job_dir: Path, out: Path | None = None, fmt: str = "compressed-tensors") -> Path:
+    """Export a finished job's quantized model (`qgen export`): its recorded config is loaded and quantized
+    again — a cache hit when the job ran with the cache on — then written to out (default: JOB_DIR/export)."""
+    import tempfile
+
+    from qgen.quant.export import check_export_config, check_export_widths
+    from qgen.record.results import RESULTS_FILE
+
+    results_path = Path(job_dir) / RESULTS_FILE
+    if not results_path.is_file():
+        raise QgenError(f"{job_dir} holds no {RESULTS_FILE}: give the output folder of one qgen job")
+    results = json.loads(results_path.read_text())
+    if results.get("status") != "completed":
+        raise QgenError(f"{results_path} has status {results.get('status')!r}; only completed jobs are exported")
+    cfg = OmegaConf.create(results["config"])
+    cfg.export = fmt
+    check_export_config(cfg)
+    os.environ["QGEN_HOME"] = str(cfg.paths.qgen_home)
+    if cfg.runtime.get("threads"):
+        torch.set_num_threads(int(cfg.runtime.threads))
+    torch.manual_seed(cfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:  # the export's own record; the job's results stay untouched
+        job = Job(cfg, Path(tmp))
+        job.load_model()
+        check_export_widths(job.model, job.adapter, int(cfg.bits.group_size))
+        job.calib, calib_key = job.calibration() if job.needs_calibration else (None, None)
+        job.quantize(calib_key)
+        return job.export(Path(out) if out else Path(job_dir) / "export")
 
 
 def run_job(cfg: DictConfig, out_dir: Path) -> dict:

@@ -107,6 +107,9 @@ def check_job(cfg: DictConfig) -> None:
     limit = cfg.eval_suite.get("limit")
     if limit is not None and not (isinstance(limit, (int, float)) and limit > 0):
         raise QgenError(f"eval_suite.limit={limit!r} is not allowed: use a positive number or null")
+    from qgen.quant.export import check_export_config
+
+    check_export_config(cfg)
     check_datasets(cfg)
 
 

@@ -1,8 +1,8 @@
 """S1: each quantized configuration against the full-precision model, per task and per task family — absolute
 and relative change, mean ± std over seeds, and a paired bootstrap (quantized vs FP items) behind every change.
 
-FP per-item scores come from quantizer=none jobs of the same model, suite and limit (the job's own baseline
-records aggregate metrics only).
+FP per-item scores come from quantizer=none jobs of the same model, suite and limit; without such jobs, from
+the FP baselines scored inside the quantized jobs themselves (their baseline_samples.jsonl).
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ def add_significance(stats: pd.DataFrame, df: pd.DataFrame, samples: Samples, n_
     for _, r in stats.iterrows():
         res = None
         key = tuple(r[k] for k in FP_KEYS)
-        if r["quantizer"] != "none" and key in fp_dirs.index and not r["task"].startswith("ppl/"):
-            res = compare_items(samples(r["dirs"]), samples(fp_dirs.loc[key]), r["task"], r["metric"], n_boot, alpha)
+        if r["quantizer"] != "none" and not r["task"].startswith("ppl/"):
+            fp = samples(fp_dirs.loc[key]) if key in fp_dirs.index else samples.baseline(r["dirs"])
+            if (fp["task"] == r["task"]).any():
+                res = compare_items(samples(r["dirs"]), fp, r["task"], r["metric"], n_boot, alpha)
         out.append({"ci_low": res.ci_low if res else math.nan, "ci_high": res.ci_high if res else math.nan,
                     "p_value": res.p_value if res else math.nan, "n_items": res.n_items if res else math.nan,
                     "significant": bool(res.significant) if res else False, "tested": res is not None})

@@ -89,18 +89,23 @@ def load(roots: list[str | Path], groups: dict | None = None, score: str = "acc"
 
 
 class Samples:
-    """Per-item scores of the jobs behind a configuration (every seed), read once per job dir."""
+    """Per-item scores of the jobs behind a configuration (every seed), read once per job dir; `baseline(dirs)`
+    gives the same jobs' in-job FP baselines (baseline_samples.jsonl)."""
 
     def __init__(self):
-        self._cache: dict[str, pd.DataFrame] = {}
+        self._cache: dict[tuple[str, str], pd.DataFrame] = {}
 
-    def __call__(self, dirs) -> pd.DataFrame:
+    def __call__(self, dirs, name: str = "samples.jsonl") -> pd.DataFrame:
         frames = []
         for d in sorted(set(dirs)):
-            if d not in self._cache:
-                self._cache[d] = read_samples(d)
-            frames.append(self._cache[d])
+            if (d, name) not in self._cache:
+                self._cache[(d, name)] = read_samples(d, name)
+            frames.append(self._cache[(d, name)])
+        frames = [f for f in frames if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task", "doc_id"])
+
+    def baseline(self, dirs) -> pd.DataFrame:
+        return self(dirs, "baseline_samples.jsonl")
 
 
 def configs_of(roots: list[str | Path]) -> dict[str, dict]:

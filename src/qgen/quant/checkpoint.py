@@ -1,10 +1,13 @@
-"""Save and restore a fake-quantized model's decoder blocks (weights, folded scales, static activation scales),
-so that a cached quantization is reused instead of recomputed."""
+"""Save and restore a fake-quantized model's decoder blocks (weights, folded scales, static activation scales,
+and the grid each weight was put on), so that a cached quantization is reused — and exported — instead of
+recomputed."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -12,9 +15,11 @@ from qgen.errors import QgenError
 from qgen.models.arch import ArchAdapter
 from qgen.quant.activations import ActFormat
 from qgen.quant.engine import attach_block_activation_quantizers
+from qgen.quant.grid import QuantParams, WeightFormat, attach_grid, grid_of
 
 BLOCKS_FILE = "blocks.safetensors"
 ACT_SCALES_FILE = "act_scales.safetensors"
+GRIDS_FILE = "grids.safetensors"
 
 
 def save_blocks(model: nn.Module, adapter: ArchAdapter, folder: Path) -> None:
@@ -25,6 +30,19 @@ def save_blocks(model: nn.Module, adapter: ArchAdapter, folder: Path) -> None:
               if k.startswith(prefix) and k.endswith(".act_scale")}
     if scales:
         save_file(scales, str(folder / ACT_SCALES_FILE))
+    grids, formats = {}, {}
+    for name, module in model.named_modules():
+        params = grid_of(module) if name.startswith(prefix) else None
+        if params is None:
+            continue
+        grids[f"{name}.scale"], grids[f"{name}.zero"] = params.scale.contiguous(), params.zero.contiguous()
+        if params.g_idx is not None:
+            grids[f"{name}.g_idx"] = params.g_idx.contiguous()
+        fmt = params.fmt
+        formats[name] = {"bits": fmt.bits, "group_size": fmt.group_size, "symmetric": fmt.symmetric,
+                         "in_features": params.in_features}
+    if grids:
+        save_file(grids, str(folder / GRIDS_FILE), metadata={"formats": json.dumps(formats)})
 
 
 def restore_blocks(model: nn.Module, adapter: ArchAdapter, act: ActFormat, folder: Path) -> None:
@@ -40,5 +58,14 @@ def restore_blocks(model: nn.Module, adapter: ArchAdapter, act: ActFormat, folde
             own = {k[len(f"{prefix}{i}."):-len(".act_scale")]: v for k, v in scales.items()
                    if k.startswith(f"{prefix}{i}.")}
             attach_block_activation_quantizers(block, adapter, act, own)
-
-
+    grids_path = folder / GRIDS_FILE
+    if grids_path.exists():
+        with safe_open(str(grids_path), "pt") as f:
+            formats = json.loads(f.metadata()["formats"])
+            keys = set(f.keys())
+            for name, fmt in formats.items():
+                g_idx = f.get_tensor(f"{name}.g_idx") if f"{name}.g_idx" in keys else None
+                params = QuantParams(f.get_tensor(f"{name}.scale"), f.get_tensor(f"{name}.zero"),
+                                     WeightFormat(fmt["bits"], fmt["group_size"], fmt["symmetric"]),
+                                     fmt["in_features"], g_idx)
+                attach_grid(model.get_submodule(name), params)

@@ -22,6 +22,8 @@ from torch import nn
 from qgen.errors import QgenError
 from qgen.quant.grid import QuantParams, grid_of
 
+EXPORT_FORMATS = ("compressed-tensors",)
+
 
 def _quantized_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, QuantParams]]:
     return {name: (m, grid_of(m)) for name, m in model.named_modules()
@@ -38,17 +40,53 @@ def check_exportable(model: nn.Module) -> tuple[dict, QuantParams]:
         raise QgenError(f"export needs one weight format for all layers; found {sorted(map(str, fmts))}")
     fmt = next(iter(fmts))
     for name, (linear, params) in layers.items():
-        width = linear.in_features
-        if fmt.group_size > 0 and fmt.group_size < width and width % fmt.group_size:
-            raise QgenError(f"compressed-tensors cannot hold {name}: its width {width} is not a multiple of group "
-                            f"size {fmt.group_size} (short last group); use a group size dividing every width "
-                            f"(e.g. 64 for SmolLM2) or per-channel (-1)")
+        check_width(name, linear.in_features, fmt.group_size)
         if params.g_idx is not None:
             raise QgenError(f"compressed-tensors export of {name} would need its act-order column permutation; "
                             f"quantize with gptq desc_act=true static_groups=true, or desc_act=false")
         if activation_quantized(linear):
             raise QgenError(f"{name} has quantized activations (W8A8); this export writes weight-only checkpoints")
     return layers, next(iter(layers.values()))[1]
+
+
+def check_width(name: str, width: int, group_size: int) -> None:
+    if 0 < group_size < width and width % group_size:
+        raise QgenError(f"compressed-tensors cannot hold {name}: its width {width} is not a multiple of group "
+                        f"size {group_size} (short last group); use a group size dividing every width "
+                        f"(e.g. 64 for SmolLM2) or per-channel (-1)")
+
+
+def check_export_config(cfg) -> None:
+    """Refuse, before anything loads, a job whose quantized model the export format cannot hold."""
+    from qgen.quant.methods import METHODS
+
+    fmt = cfg.get("export")
+    if fmt is None:
+        return
+    if fmt not in EXPORT_FORMATS:
+        raise QgenError(f"export={fmt!r} is not allowed: use null or one of {', '.join(EXPORT_FORMATS)}")
+    steps = list(cfg.quantizer.methods or [])
+    if not steps:
+        raise QgenError(f"export={fmt} needs quantized weights, but quantizer={cfg.quantizer.name} quantizes nothing")
+    last = steps[-1].name
+    if last in METHODS and not METHODS[last].on_grid:
+        exportable = ", ".join(sorted(n for n, m in METHODS.items() if m.on_grid))
+        raise QgenError(f"export={fmt} cannot hold {last} weights (they are not on one plain grid); "
+                        f"export a model quantized with {exportable}")
+    if cfg.bits.act_bits < 16:
+        raise QgenError(f"export={fmt} writes weight-only checkpoints, but bits={cfg.bits.name} also quantizes "
+                        f"activations (act_bits {cfg.bits.act_bits}); use an a16 bits option")
+    for step in steps:
+        if step.name == "gptq" and step.get("desc_act") and not step.get("static_groups"):
+            raise QgenError(f"export={fmt} cannot hold GPTQ act-order groups scattered over the columns; "
+                            f"set static_groups=true with desc_act=true, or desc_act=false")
+
+
+def check_export_widths(model: nn.Module, adapter, group_size: int) -> None:
+    """Every linear the quantizer will touch must split into whole groups (checked before quantizing)."""
+    for i, block in enumerate(adapter.block_list(model)):
+        for path in adapter.linear_names():
+            check_width(f"{adapter.blocks}.{i}.{path}", block.get_submodule(path).in_features, group_size)
 
 
 def activation_quantized(linear: nn.Linear) -> bool:

@@ -137,9 +137,10 @@ def read_timings(*roots: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dir", "status", "stage", "seconds", "started_at", "finished_at"])
 
 
-def read_samples(job_dir: str | Path) -> pd.DataFrame:
-    """Per-item scores of a job's evaluated model (samples.jsonl): columns task, doc_id and one per score."""
-    path = Path(job_dir) / "samples.jsonl"
+def read_samples(job_dir: str | Path, name: str = "samples.jsonl") -> pd.DataFrame:
+    """Per-item scores of a job's evaluated model (samples.jsonl; baseline_samples.jsonl for its in-job FP
+    baseline): columns task, doc_id and one per score."""
+    path = Path(job_dir) / name
     if not path.exists():
         return pd.DataFrame(columns=["task", "doc_id"])
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -27,7 +27,7 @@ PACKAGES = ("qgen", "torch", "transformers", "lm_eval", "datasets", "hydra-core"
 
 
 # Where and how a job runs, not what it computes: left out of its identity.
-EXECUTION_KEYS = ("paths", "hydra", "resume", "cache", "runtime", "logger")
+EXECUTION_KEYS = ("paths", "hydra", "resume", "cache", "runtime", "logger", "export")
 
 
 def identity_config(cfg: DictConfig) -> dict:

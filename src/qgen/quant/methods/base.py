@@ -38,6 +38,8 @@ class SubsetContext:
 class QuantMethod:
     name: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = False
+    # Its final weights lie on one plain grid (integers, scale, zero), which is what low-bit formats store.
+    on_grid: ClassVar[bool] = True
 
     def __init__(self, weight: WeightFormat, act: ActFormat, **hparams):
         if hparams:

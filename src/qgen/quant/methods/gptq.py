@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from qgen.errors import QgenError
-from qgen.quant.grid import QuantParams, attach_grid, column_groups, fake_quantize, fit_grid
+from qgen.quant.grid import QuantParams, attach_grid, column_groups, dequantize, fit_grid, quantize_int
 from qgen.quant.hessian import HessianAccumulator, inverse_factor
 from qgen.quant.methods.base import QuantMethod, SubsetContext, register
 
@@ -58,44 +58,50 @@ class GPTQ(QuantMethod):
         w = w.clone()
         w[:, f.dead] = 0
         groups = fmt.groups(cols)
-        static = [fit_grid(w[:, s:e], fmt.bits, fmt.symmetric) for s, e in groups] if self.static_groups else None
         perm = f.perm if f.perm is not None else torch.arange(cols, device=w.device)
-        nat_group = column_groups(fmt, cols).to(w.device)
-        w = w[:, perm]
-        start_of = {s: g for g, (s, _) in enumerate(groups)}  # solver position -> group (dynamic groups)
         scale = torch.zeros(rows, len(groups), device=w.device)
         zero = torch.zeros_like(scale)
-        col_group = torch.empty(cols, dtype=torch.long, device=w.device)  # natural column -> group
-        q = torch.zeros_like(w)
+        if self.static_groups:  # every grid fitted up front on the original weights, groups in natural order
+            for g, (s, e) in enumerate(groups):
+                scale[:, g : g + 1], zero[:, g : g + 1] = fit_grid(w[:, s:e], fmt.bits, fmt.symmetric)
+            group_at = column_groups(fmt, cols)[perm.cpu()].tolist()  # solver position -> group
+        else:  # groups are consecutive solver positions; each grid is fitted when the solver reaches it
+            group_at = [g for g, (s, e) in enumerate(groups) for _ in range(s, e)]
+        starts = {s for s, _ in groups} if not self.static_groups else set()
+        # Work on the transpose, solver position p being row p: the per-column updates then touch contiguous
+        # memory (about 3x faster on CPU than updating strided columns).
+        wt = w[:, perm].t().contiguous()
+        qt = torch.zeros_like(wt)
         loss = torch.zeros(rows, device=w.device)
-        U, cur = f.hinv, None
+        U = f.hinv
+        diag = torch.diagonal(U)
+        current, s_col, z_col = -1, None, None
         for b0 in range(0, cols, self.block_size):
             b1 = min(b0 + self.block_size, cols)
-            wb, err = w[:, b0:b1].clone(), torch.zeros(rows, b1 - b0, device=w.device)
+            wb, err = wt[b0:b1].clone(), torch.empty(b1 - b0, rows, device=w.device)
             for i in range(b1 - b0):
-                pos = b0 + i
-                if static is not None:
-                    g = int(nat_group[perm[pos]])
-                    cur = static[g]
-                elif pos in start_of:
-                    g = start_of[pos]
-                    end = groups[g][1]
-                    cur = fit_grid(torch.cat([wb[:, i:], w[:, b1:]], 1)[:, : end - pos], fmt.bits, fmt.symmetric)
-                scale[:, g], zero[:, g] = cur[0][:, 0], cur[1][:, 0]
-                col_group[perm[pos]] = g
-                col = wb[:, i]
-                qc = fake_quantize(col.unsqueeze(1), cur[0], cur[1], fmt.maxq)[:, 0]
-                q[:, pos] = qc
-                d = U[pos, pos]
-                loss += (col - qc) ** 2 / d**2 / 2
-                e = (col - qc) / d
-                wb[:, i:] -= e.unsqueeze(1) * U[pos, pos:b1].unsqueeze(0)
-                err[:, i] = e
-            w[:, b1:] -= err @ U[b0:b1, b1:]
+                pos, g = b0 + i, group_at[b0 + i]
+                if pos in starts:  # fit on the weights as updated so far
+                    ahead = torch.cat([wb[i:], wt[b1:]])[: groups[g][1] - pos].t()
+                    sc, zc = fit_grid(ahead, fmt.bits, fmt.symmetric)
+                    scale[:, g], zero[:, g] = sc[:, 0], zc[:, 0]
+                if g != current:
+                    current, s_col, z_col = g, scale[:, g], zero[:, g]
+                col = wb[i]
+                qc = dequantize(quantize_int(col, s_col, z_col, fmt.maxq), s_col, z_col)
+                qt[pos] = qc
+                e = (col - qc) / diag[pos]
+                wb[i:].addr_(U[pos, pos:b1], e, alpha=-1)  # spread the error over the block's later columns
+                err[i] = e
+            loss += err.square().sum(0) / 2
+            wt[b1:].addmm_(U[b0:b1, b1:].t(), err, alpha=-1)  # and, once per block, over all later columns
+        q = qt.t()
         out = torch.empty_like(q)
         out[:, perm] = q
-        scattered = f.perm is not None and static is None
-        params = QuantParams(scale, zero, fmt, cols, col_group if scattered else None)
+        scattered = f.perm is not None and not self.static_groups
+        col_group = torch.empty(cols, dtype=torch.long)  # natural column -> group
+        col_group[perm.cpu()] = torch.tensor(group_at, dtype=torch.long)
+        params = QuantParams(scale, zero, fmt, cols, col_group.to(w.device) if scattered else None)
         info = {"damp_percent": f.damp_percent, "damp_retries": f.damp_retries, "dead_columns": int(f.dead.sum()),
                 "act_order": self.desc_act, "static_groups": self.static_groups, "n_groups": len(groups),
                 "last_group_size": groups[-1][1] - groups[-1][0], "subset_hessian_loss": float(loss.sum())}

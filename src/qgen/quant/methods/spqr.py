@@ -30,6 +30,7 @@ def _round_trip(w, scale, zero, maxq):
 class SpQR(QuantMethod):
     name = "spqr"
     needs_calibration = True
+    on_grid = False  # outliers stay in full precision and the group statistics are quantized themselves
 
     def __init__(self, weight, act, group_size: int = 16, stat_bits: int = 3, stat_group_size: int = 16,
                  outlier_threshold: float = 0.2, damp_percent: float = 1.0, act_order: bool = True,

