@@ -26,10 +26,10 @@ class HessianAccumulator:
     def add(self, x: torch.Tensor) -> None:
         """x: [tokens, columns]."""
         m = x.shape[0]
+        self.H.mul_(self.n / (self.n + m))
         self.n += m
-        x = x.float()  # no copy when the activations are float32 already
-        # H ← H·(n_old/n) + (2/n)·xᵀx in one call: no scaled copy of the batch (the block's largest at peak memory)
-        self.H.addmm_(x.t(), x, beta=(self.n - m) / self.n, alpha=2.0 / self.n)
+        x = x.float() * (2.0 / self.n) ** 0.5
+        self.H.addmm_(x.t(), x)
 
 
 @dataclass
