@@ -123,7 +123,7 @@ def attach_block_activation_quantizers(block: nn.Module, adapter: ArchAdapter, a
 def limit_heap_growth(threshold: int = 1 << 20) -> bool:
     """glibc raises its mmap threshold after large blocks are freed, after which freed activation buffers stay in
     the heap and the resident set ratchets up block by block (measured on 10 SmolLM2 blocks at 8 x 512: +306 MB
-    peak over the resident model by default, +122 MB with a fixed 1 MiB threshold). Fixing the threshold makes
+    peak over the resident model by default, +125 MB with a fixed 1 MiB threshold). Fixing the threshold makes
     buffers of 1 MiB and more go back to the OS when freed (process-wide; it stays set). Returns whether it
     applied (glibc only)."""
     import ctypes
