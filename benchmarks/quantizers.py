@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from gptq_vs_llmcompressor import _rss_mb, touch
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = ["none:fp16",
                 "rtn:w3a16", "gptq:w3a16", "awq:w3a16", "spqr:w3a16",
@@ -60,10 +62,9 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
     seconds, report, rss_quant, rss_before = 0.0, None, None, None
     if methods:
         ids = build_calibration(cfg.calib, tokenizer).input_ids if any(m.needs_calibration for m in methods) else None
-        for p in model.parameters():  # every weight resident (loading maps them lazily) before the reset
-            float(p.detach().abs().sum())
+        touch(model)  # every weight resident (loading maps them lazily) before the reset
         _reset_peak_rss()  # from here on, the peak of quantization alone (the model stays resident)
-        rss_before = _current_rss_mb()
+        rss_before = _rss_mb("VmRSS")
         t0 = time.perf_counter()
         report = quantize_model(model, adapter_for(model.config.model_type), methods, act, ids, device,
                                 EngineSettings(int(cfg.quantizer.batch_size), str(cfg.quantizer.feed)))
@@ -96,13 +97,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _current_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _reset_peak_rss() -> None:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
@@ -114,7 +108,7 @@ def table(rows: list[dict]) -> str:
     fp = next((r["ppl"] for r in rows if r["quantizer"] == "none"), None)
     head = ("| quantizer | bits | calibration | torch threads | quantize time (s) | peak RSS while quantizing (MB) "
             "| / fp32 model (newer rows: (model + overhead) / model) | held-out ppl | vs FP | notes |"
-            "\n|---|---|---|---|---|---|---|---|---|")
+            "\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         notes = ", ".join(f"{k[5:]} {v:.4g}" for k, v in r.items() if k.startswith("mean_"))
