@@ -163,6 +163,10 @@ class Job:
         self.model_id = model_identity(self.cfg, info)
         self.record.data["model_info"] = {**info, "model_type": model.config.model_type, "device": str(self.device),
                                           "parameters": sum(p.numel() for p in model.parameters())}
+        if self.cfg.get("export"):  # the layer widths are known now: refuse an unexportable layout before quantizing
+            from qgen.quant.export import check_export_widths
+
+            check_export_widths(model, self.adapter, int(self.cfg.bits.group_size))
 
     def calibration(self):
         from qgen.assets import read_manifest
@@ -249,10 +253,6 @@ class Job:
     def run(self) -> dict:
         with self.stage("load_model"):
             self.load_model()
-        if self.cfg.get("export"):
-            from qgen.quant.export import check_export_widths
-
-            check_export_widths(self.model, self.adapter, int(self.cfg.bits.group_size))
         self.calib, calib_key = None, None
         if self.needs_calibration:
             with self.stage("calibration"):
@@ -283,7 +283,7 @@ def export_job(job_dir: Path, out: Path | None = None, fmt: str = "compressed-te
     again — a cache hit when the job ran with the cache on — then written to out (default: JOB_DIR/export)."""
     import tempfile
 
-    from qgen.quant.export import check_export_config, check_export_widths
+    from qgen.quant.export import check_export_config
     from qgen.record.results import RESULTS_FILE
 
     results_path = Path(job_dir) / RESULTS_FILE
@@ -302,7 +302,6 @@ def export_job(job_dir: Path, out: Path | None = None, fmt: str = "compressed-te
     with tempfile.TemporaryDirectory() as tmp:  # the export's own record; the job's results stay untouched
         job = Job(cfg, Path(tmp))
         job.load_model()
-        check_export_widths(job.model, job.adapter, int(cfg.bits.group_size))
         job.calib, calib_key = job.calibration() if job.needs_calibration else (None, None)
         job.quantize(calib_key)
         return job.export(Path(out) if out else Path(job_dir) / "export")
