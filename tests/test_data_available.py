@@ -95,3 +95,15 @@ def test_tiny_llama_scores_one_task_of_each_kind(task_manager):
     assert 0 <= res["qgen_copa"]["acc,none"] <= 1
     assert 0 <= res["qgen_squadshifts_nyt"]["f1,none"] <= 1 and "exact_match,none" in res["qgen_squadshifts_nyt"]
     assert res["qgen_xsum"]["word_perplexity,none"] > 1
+
+
+@pytest.mark.parametrize("name, field", [("mmlu_stem", "subject"), ("politifact", "label"), ("sst2", "label")])
+def test_a_limited_evaluation_is_a_sample_of_the_whole_split(name, field):
+    """`eval_suite.limit` takes the first items; the stored order is shuffled so they span the split (MMLU's test
+    questions come subject by subject and some sources are sorted by label)."""
+    _require(name)
+    rows = registry.load_split(name, "eval")
+    head = {json.dumps(row.get(field)) for row in rows[:50]}
+    whole = {json.dumps(row.get(field)) for row in rows}
+    assert len(whole) > 1 and len(head) >= min(len(whole), 3), f"first 50 {field}s: {sorted(head)}"
+

@@ -246,6 +246,16 @@ def split_by_source(parts: dict[str, list[dict]], rule: dict) -> tuple[list[dict
     return take(rule["calib"]), take(rule["eval"])
 
 
+EVAL_ORDER_SEED = 0
+
+
+def shuffled(rows: list[dict], seed: int) -> list[dict]:
+    """The rows in a fixed random order. A task's evaluation part is stored this way so that any prefix of it —
+    `eval_suite.limit`, `lm_eval --limit` — is a uniform sample, not MMLU's first subject or the first label of a
+    source sorted by label. Corpora (running text for perplexity) keep their order."""
+    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+
+
 def _single(parts: dict[str, list[dict]]) -> list[dict]:
     if len(parts) != 1:
         raise QgenError(f"this split rule needs a single source split, got {sorted(parts)}")
@@ -305,7 +315,7 @@ def package_members(package: str) -> set[str]:
             for items in source_members(spec.source).values() for member, _ in items}
 
 
-PREP_VERSION = 2  # bump when preparation changes what it writes
+PREP_VERSION = 3  # bump when preparation changes what it writes (3: evaluation parts stored shuffled)
 
 
 def recipe(spec: DatasetSpec) -> dict:
@@ -410,6 +420,8 @@ def prepare(spec: DatasetSpec, full_check: bool = False, local_dir: Path | None 
     if spec.split.get("dedupe_by"):
         parts = {name: dedupe(rows, spec.split["dedupe_by"]) for name, rows in parts.items()}
     calib, evaluation = SPLITTERS[method](parts, spec.split)
+    if spec.task_type != "corpus":
+        evaluation = shuffled(evaluation, EVAL_ORDER_SEED)
     cap = spec.split.get("max_rows") or {}  # a huge source (a C4 shard) keeps only its first rows per part
     calib, evaluation = calib[: cap.get("calib")], evaluation[: cap.get("eval")]
     evaluation, dropped = make_disjoint(calib, evaluation, template_fields(spec.calib_text))
