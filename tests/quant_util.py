@@ -33,14 +33,14 @@ def calib_ids(vocab: int, n: int = 16, seq: int = 64, seed: int = 0) -> torch.Te
 
 
 def quantized(model, steps: list, bits: int, group_size: int = -1, symmetric: bool = False,
-              act: ActFormat | None = None, ids=None, batch_size: int = 8):
-    """A quantized deep copy of model; steps: [(method name, {settings})]."""
+              act: ActFormat | None = None, ids=None, batch_size: int = 8, **engine):
+    """A quantized deep copy of model; steps: [(method name, {settings})]; engine: more EngineSettings fields."""
     model = copy.deepcopy(model)
     fmt = WeightFormat(bits, group_size, symmetric)
     act = act or ActFormat()
     methods = [build(name, fmt, act, dict(hp)) for name, hp in steps]
     report = quantize_model(model, adapter_for(model.config.model_type), methods, act, ids, torch.device("cpu"),
-                            EngineSettings(batch_size=batch_size))
+                            EngineSettings(batch_size=batch_size, **engine))
     return model, report
 
 

@@ -52,6 +52,10 @@ def test_every_group_option_composes_and_validates(group, option):
     ("quantizer=smoothquant bits=w8a8 export=compressed-tensors", "writes weight-only checkpoints"),
     ("quantizer=none bits=fp16 export=compressed-tensors", "quantizer=none quantizes nothing"),
     ("quantizer=gptq quantizer.methods.0.desc_act=true export=compressed-tensors", "set static_groups=true"),
+    ("quantizer=gptq quantizer.batch_size=0", "quantizer.batch_size=0 is not allowed: use a positive integer"),
+    ("quantizer=gptq quantizer.feed=fp", "quantizer.feed='fp' is not allowed: use one of quantized, full_precision"),
+    ("quantizer=gptq quantizer.true_sequential=maybe", "quantizer.true_sequential='maybe' is not allowed"),
+    ("quantizer=awq+gptq quantizer.true_sequential=false", "true_sequential=false needs a single method"),
 ])
 def test_bad_values_are_rejected_with_one_line(override, message):
     overrides = override.split()

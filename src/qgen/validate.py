@@ -92,6 +92,7 @@ def check_job(cfg: DictConfig) -> None:
     for step in quant.methods:
         if step.name not in METHODS:
             raise QgenError(f"quantizer method {step.name!r} is unknown; available: {', '.join(sorted(METHODS))}")
+    check_engine_settings(quant)
     if model.dtype not in DTYPES:
         raise QgenError(f"model.dtype={model.dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
     if model_source(model) == "local":
@@ -111,6 +112,21 @@ def check_job(cfg: DictConfig) -> None:
 
     check_export_config(cfg)
     check_datasets(cfg)
+
+
+def check_engine_settings(quant: DictConfig) -> None:
+    from qgen.quant.engine import FEEDS, TRUE_SEQUENTIAL_COMBINATION
+
+    size = quant.get("batch_size", 8)
+    if not _is_int(size) or size < 1:
+        raise QgenError(f"quantizer.batch_size={size!r} is not allowed: use a positive integer")
+    if quant.get("feed", "quantized") not in FEEDS:
+        raise QgenError(f"quantizer.feed={quant.feed!r} is not allowed: use one of {', '.join(FEEDS)}")
+    sequential = quant.get("true_sequential", True)
+    if not isinstance(sequential, bool):
+        raise QgenError(f"quantizer.true_sequential={sequential!r} is not allowed: use true or false")
+    if not sequential and len(quant.methods or []) > 1:
+        raise QgenError(TRUE_SEQUENTIAL_COMBINATION)
 
 
 def check_datasets(cfg: DictConfig) -> None:

@@ -5,7 +5,10 @@ Data-free methods (RTN) visit each subset once. With calibration data:
      passes its blocks: attention mask, position embeddings, ...);
   2. per block: move it to the device; per subset, per method: `start`, run the calibration batches through the
      block with a hook on the subset's first linear that hands the input to `observe` and stops the forward
-     there, then `apply` — so every subset sees the inputs as changed by the subsets quantized before it;
+     there, then `apply` — so every subset sees the inputs as changed by the subsets quantized before it
+     (true-sequential). With `true_sequential` off, one pass per block observes every subset at once (each
+     subset with its own copy of the method's statistics), then the subsets are applied in order: fewer forward
+     passes, but later subsets are fitted to inputs computed with the block's original weights;
   3. recompute the block's outputs (with the quantized block, or the original one when `feed` is
      "full_precision") as the next block's inputs; move the block back.
 Only one block's activations are alive at a time (replaced batch by batch by the block's outputs), so models
@@ -14,6 +17,7 @@ larger than the device fit.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -31,12 +35,15 @@ from qgen.quant.methods import QuantMethod, SubsetContext
 log = logging.getLogger(__name__)
 
 FEEDS = ("quantized", "full_precision")
+TRUE_SEQUENTIAL_COMBINATION = ("quantizer.true_sequential=false needs a single method: in a combination the later "
+                               "method must see the inputs as the earlier one changed them; use true_sequential=true")
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     batch_size: int = 8  # calibration samples per forward
     feed: str = "quantized"  # what the next block sees: outputs of the quantized or of the original block
+    true_sequential: bool = True  # re-observe each subset after the previous ones were quantized
 
 
 class _StopForward(Exception):
@@ -110,6 +117,32 @@ def _observe(block: nn.Module, first_linear: nn.Linear, batches, method: QuantMe
         handle.remove()
 
 
+def _observe_all(block: nn.Module, observers: list[tuple[nn.Linear, QuantMethod, SubsetContext]], batches) -> None:
+    """One pass per batch feeding every subset's input to its observers; stops at the last subset's input."""
+    last = observers[-1][0]
+    by_linear: dict[int, list] = {}
+    for linear, method, ctx in observers:
+        by_linear.setdefault(id(linear), []).append((method, ctx))
+
+    def hook(module, args):
+        x = args[0].reshape(-1, args[0].shape[-1]).float()
+        for method, ctx in by_linear[id(module)]:
+            method.observe(ctx, x)
+        if module is last:
+            raise _StopForward
+
+    handles = [linear.register_forward_pre_hook(hook) for linear in {id(lin): lin for lin, _, _ in observers}.values()]
+    try:
+        for hidden, kwargs in batches:
+            try:
+                block(hidden, **kwargs)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def attach_block_activation_quantizers(block: nn.Module, adapter: ArchAdapter, act: ActFormat,
                                        static_scales: dict[str, torch.Tensor] | None = None) -> None:
     """Quantize the inputs of the block's linears; a method may already have attached its own (static)."""
@@ -147,6 +180,8 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
     if settings.feed not in FEEDS:
         raise QgenError(f"quantizer.feed {settings.feed!r} is not allowed; use one of {', '.join(FEEDS)}")
     needs_data = any(m.needs_calibration for m in methods)
+    if not settings.true_sequential and len(methods) > 1:
+        raise QgenError(TRUE_SEQUENTIAL_COMBINATION)
     limit_heap_growth()
     if needs_data and input_ids is None:
         raise QgenError("this quantizer needs calibration data, but no calibration set was built")
@@ -160,17 +195,28 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
         t0 = time.perf_counter()
         block.to(device)
         fp_outputs = _run_block(block, batches) if needs_data and settings.feed == "full_precision" else None
+        steps = []  # (method, context) in the order they are applied
         for subset in subsets:
             linears = {f"{prefix}.{i}.{p}": block.get_submodule(p) for p in subset.linears}
             prev = block.get_submodule(subset.prev_op) if subset.prev_op else None
             for k, method in enumerate(methods):
                 ctx = SubsetContext(block, i, subset, prev, linears, final=k == len(methods) - 1, device=device)
+                steps.append((method, ctx))
+        if needs_data and not settings.true_sequential:  # every subset observed in one pass, each its own copy
+            steps = [(copy.copy(m) if m.needs_calibration else m, ctx) for m, ctx in steps]
+            observers = []
+            for method, ctx in steps:
                 if method.needs_calibration:
                     method.start(ctx)
-                    _observe(block, next(iter(linears.values())), batches, method, ctx)
-                layer_reports = method.apply(ctx) or {}
-                for path, rep in layer_reports.items():
-                    report["layers"].setdefault(path, {})[method.name] = rep
+                    observers.append((next(iter(ctx.linears.values())), method, ctx))
+            _observe_all(block, observers, batches)
+        for method, ctx in steps:
+            if method.needs_calibration and settings.true_sequential:
+                method.start(ctx)
+                _observe(block, next(iter(ctx.linears.values())), batches, method, ctx)
+            layer_reports = method.apply(ctx) or {}
+            for path, rep in layer_reports.items():
+                report["layers"].setdefault(path, {})[method.name] = rep
         if act.enabled:
             attach_block_activation_quantizers(block, adapter, act)
         if needs_data and fp_outputs is not None:
