@@ -64,3 +64,18 @@ def test_a_combination_needs_true_sequential(setup):
     with pytest.raises(QgenError, match="true_sequential=false needs a single method"):
         quantize_model(model, adapter_for("llama"), methods, act, ids, torch.device("cpu"),
                        EngineSettings(true_sequential=False))
+
+
+@pytest.mark.parametrize("columns", [48, 192, 576, 1000])
+def test_hessian_accumulated_in_upper_bands_equals_the_full_product(columns):
+    from qgen.quant.hessian import HessianAccumulator
+
+    g = torch.Generator().manual_seed(columns)
+    batches = [torch.randn(n, columns, generator=g, dtype=torch.float64).float() for n in (300, 17, 512)]
+    acc = HessianAccumulator(columns, torch.device("cpu"))
+    for x in batches:
+        acc.add(x)
+    x = torch.cat(batches).double()
+    expected = 2 * x.t() @ x / x.shape[0]
+    assert torch.equal(acc.H, acc.H.t())
+    assert torch.allclose(acc.H.double(), expected, rtol=1e-4, atol=1e-4 * float(expected.diagonal().mean()))

@@ -55,9 +55,9 @@ class SpQR(QuantMethod):
         self.hessian.add(x)
 
     def apply(self, ctx: SubsetContext) -> dict[str, dict]:
-        report = {}
+        report, H = {}, self.hessian.H
         for path, linear in ctx.linears.items():
-            w_hat, info = self.solve(linear.weight.data.to(ctx.device).float(), self.hessian.H)
+            w_hat, info = self.solve(linear.weight.data.to(ctx.device).float(), H)
             linear.weight.data.copy_(w_hat.to(linear.weight.dtype))
             report[path] = info
         self.hessian = None
