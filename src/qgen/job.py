@@ -192,12 +192,24 @@ class Job:
         self.record.data["calibration"] = calib.info
         return calib, key
 
+    def eval_data(self) -> dict:
+        """sha256 of the evaluation part of every registered dataset the suite reads (recorded in results.json),
+        so that re-prepared data is never scored from an earlier cache entry."""
+        from qgen.assets import read_manifest
+        from qgen.data import registry
+        from qgen.data.overlap import suite_datasets
+
+        data = {n: ((read_manifest(registry.get(n).folder) or {}).get("files", {}).get("eval.jsonl") or {})
+                .get("sha256") for n in suite_datasets(self.cfg.eval_suite)}
+        self.record.data["eval_data"] = data
+        return data
+
     def evaluate(self, weights_key: dict, samples_name: str) -> dict:
         """Score the model as it is now; the cache key is the identity of its weights."""
         from qgen.evaluate.suite import evaluate
 
         identity = {"weights": weights_key, "suite": _plain(self.cfg.eval_suite), "seed": self.cfg.seed,
-                    "lm_eval": self.record.data["env"]["packages"].get("lm_eval")}
+                    "lm_eval": self.record.data["env"]["packages"].get("lm_eval"), "data": self.eval_data()}
 
         def build(folder):
             metrics = evaluate(self.model, self.tokenizer, self.cfg.eval_suite, self.device, self.cfg.seed,
