@@ -31,6 +31,25 @@ def run_qgen(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproc
                           cwd=cwd or ROOT, env=env, timeout=timeout)
 
 
+def write_user_dataset(tmp_path: Path, name: str, rows: list[dict], **entry) -> Path:
+    """A user's own JSONL dataset: the rows as tmp_path/<name>.jsonl and its registry entry (a multiple-choice
+    task with a seeded 30 % calibration split unless `entry` says otherwise) in tmp_path/registry, returned for
+    QGEN_DATASETS_DIR."""
+    import json
+
+    import yaml
+
+    data = tmp_path / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    regdir = tmp_path / "registry"
+    regdir.mkdir(exist_ok=True)
+    spec = {"name": name, "title": f"{name} (a user's file)", "task_type": "multiple_choice", "language": "en",
+            "scenarios": ["mine"], "source": {"path": str(data), "format": "jsonl"},
+            "split": {"method": "seeded_fraction", "calib_fraction": 0.3, "seed": 1}, **entry}
+    (regdir / f"{name}.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return regdir
+
+
 def asset_ready() -> bool:
     from qgen.assets import folder_is_intact, model_asset_dir
 

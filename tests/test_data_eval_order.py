@@ -4,27 +4,14 @@
 
 from __future__ import annotations
 
-import json
-
+from conftest import write_user_dataset
 from qgen.data import registry
 from qgen.data.prepare import prepare
 
 
 def _register(tmp_path, monkeypatch, name: str, task_type: str, rows: list[dict]) -> registry.DatasetSpec:
-    data = tmp_path / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    regdir = tmp_path / "registry"
-    regdir.mkdir(exist_ok=True)
-    (regdir / f"{name}.yaml").write_text(f"""
-name: {name}
-title: rows sorted by label
-task_type: {task_type}
-language: en
-scenarios: [mine]
-source: {{path: {data}, format: jsonl}}
-split: {{method: seeded_fraction, calib_fraction: 0.3, seed: 1}}
-calib_text: "{{{{text}}}}"
-""")
+    regdir = write_user_dataset(tmp_path, name, rows, title="rows sorted by label", task_type=task_type,
+                                calib_text="{{text}}")
     monkeypatch.setenv("QGEN_DATASETS_DIR", str(regdir))
     registry.all_datasets.cache_clear()
     return registry.get(name)

@@ -10,30 +10,17 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import write_user_dataset
 from qgen.data import registry
 from qgen.data.overlap import check_disjoint, check_job_overlap, fingerprints, suite_datasets
 from qgen.errors import QgenError
 
 
 def _user_dataset(tmp_path, rows, name="my_qa"):
-    data = tmp_path / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    regdir = tmp_path / "registry"
-    regdir.mkdir(exist_ok=True)
-    (regdir / f"{name}.yaml").write_text(f"""
-name: {name}
-title: my own questions
-task_type: multiple_choice
-language: en
-scenarios: [mine]
-source: {{path: {data}, format: jsonl}}
-split: {{method: seeded_fraction, calib_fraction: 0.5, seed: 1}}
-calib_text: "Question: {{{{goal}}}}\\nAnswer:"
-lm_eval:
-  doc_to_choice: "{{{{[sol1, sol2]}}}}"
-  doc_to_target: "{{{{label}}}}"
-""")
-    return regdir
+    return write_user_dataset(tmp_path, name, rows, title="my own questions",
+                              split={"method": "seeded_fraction", "calib_fraction": 0.5, "seed": 1},
+                              calib_text="Question: {{goal}}\nAnswer:",
+                              lm_eval={"doc_to_choice": "{{[sol1, sol2]}}", "doc_to_target": "{{label}}"})
 
 
 def test_fingerprints_ignore_short_strings_and_unseen_fields():

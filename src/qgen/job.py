@@ -73,6 +73,15 @@ def tokenizer_identity(tokenizer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def prepared_sha256(names, part: str) -> dict:
+    """{dataset: sha256 of its prepared `part` ("calib" or "eval") file}, from the datasets' manifests."""
+    from qgen.assets import read_manifest
+    from qgen.data import registry
+
+    return {n: ((read_manifest(registry.get(n).folder) or {}).get("files", {}).get(f"{part}.jsonl") or {})
+            .get("sha256") for n in names}
+
+
 def _fail_injection(stage: str, cfg: DictConfig) -> None:
     """For testing resume and failure isolation: QGEN_FAIL_AT=<stage>[:<key>=<value>] makes matching jobs raise."""
     spec = os.environ.get("QGEN_FAIL_AT")
@@ -169,16 +178,13 @@ class Job:
             check_export_widths(model, self.adapter, int(self.cfg.bits.group_size))
 
     def calibration(self):
-        from qgen.assets import read_manifest
-        from qgen.data import registry
         from qgen.data.calibration import CalibrationSet, build_calibration, dataset_names
 
         cfg = self.cfg.calib
         log.info("[2/5 calibration] %s: %d x %d tokens", cfg.name, cfg.n_samples, cfg.seq_len)
         names = dataset_names(cfg.dataset)
-        data = {n: ((read_manifest(registry.get(n).folder) or {}).get("files", {}).get("calib.jsonl") or {})
-                .get("sha256") for n in names}
-        identity = {"tokenizer": tokenizer_identity(self.tokenizer), "calib": _plain(cfg), "data": data}
+        identity = {"tokenizer": tokenizer_identity(self.tokenizer), "calib": _plain(cfg),
+                    "data": prepared_sha256(names, "calib")}
 
         def build(folder):
             calib = build_calibration(cfg, self.tokenizer)
@@ -195,12 +201,9 @@ class Job:
     def eval_data(self) -> dict:
         """sha256 of the evaluation part of every registered dataset the suite reads (recorded in results.json),
         so that re-prepared data is never scored from an earlier cache entry."""
-        from qgen.assets import read_manifest
-        from qgen.data import registry
         from qgen.data.overlap import suite_datasets
 
-        data = {n: ((read_manifest(registry.get(n).folder) or {}).get("files", {}).get("eval.jsonl") or {})
-                .get("sha256") for n in suite_datasets(self.cfg.eval_suite)}
+        data = prepared_sha256(suite_datasets(self.cfg.eval_suite), "eval")
         self.record.data["eval_data"] = data
         return data
 

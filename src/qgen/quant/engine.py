@@ -100,38 +100,22 @@ def _run_block(block: nn.Module, batches: list[tuple[torch.Tensor, dict]]) -> li
     return [_block_output(block(hidden, **kwargs)) for hidden, kwargs in batches]
 
 
-def _observe(block: nn.Module, first_linear: nn.Linear, batches, method: QuantMethod, ctx: SubsetContext) -> None:
-    def hook(module, args):
-        x = args[0]
-        method.observe(ctx, x.reshape(-1, x.shape[-1]).float())
-        raise _StopForward
-
-    handle = first_linear.register_forward_pre_hook(hook)
-    try:
-        for hidden, kwargs in batches:
-            try:
-                block(hidden, **kwargs)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-
-
-def _observe_all(block: nn.Module, observers: list[tuple[nn.Linear, QuantMethod, SubsetContext]], batches) -> None:
-    """One pass per batch feeding every subset's input to its observers; stops at the last subset's input."""
+def _observe(block: nn.Module, observers: list[tuple[nn.Linear, QuantMethod, SubsetContext]], batches) -> None:
+    """Run the calibration batches through the block, handing each listed linear's input to its (method, context)
+    observers; the forward stops at the input of the last one listed."""
     last = observers[-1][0]
-    by_linear: dict[int, list] = {}
+    by_linear: dict[nn.Module, list] = {}
     for linear, method, ctx in observers:
-        by_linear.setdefault(id(linear), []).append((method, ctx))
+        by_linear.setdefault(linear, []).append((method, ctx))
 
     def hook(module, args):
         x = args[0].reshape(-1, args[0].shape[-1]).float()
-        for method, ctx in by_linear[id(module)]:
+        for method, ctx in by_linear[module]:
             method.observe(ctx, x)
         if module is last:
             raise _StopForward
 
-    handles = [linear.register_forward_pre_hook(hook) for linear in {id(lin): lin for lin, _, _ in observers}.values()]
+    handles = [linear.register_forward_pre_hook(hook) for linear in by_linear]
     try:
         for hidden, kwargs in batches:
             try:
@@ -209,11 +193,11 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
                 if method.needs_calibration:
                     method.start(ctx)
                     observers.append((next(iter(ctx.linears.values())), method, ctx))
-            _observe_all(block, observers, batches)
+            _observe(block, observers, batches)
         for method, ctx in steps:
             if method.needs_calibration and settings.true_sequential:
                 method.start(ctx)
-                _observe(block, next(iter(ctx.linears.values())), batches, method, ctx)
+                _observe(block, [(next(iter(ctx.linears.values())), method, ctx)], batches)
             layer_reports = method.apply(ctx) or {}
             for path, rep in layer_reports.items():
                 report["layers"].setdefault(path, {})[method.name] = rep
