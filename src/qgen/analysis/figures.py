@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from qgen.analysis.matrix import Matrix
+from qgen.analysis.tidy import FP_LABEL
 
 DPI = 130
 
@@ -99,7 +100,7 @@ def radar(axis_labels: list[str], series: dict[str, list[float]], path: Path, ti
             x = np.arange(k) + (i - (len(series) - 1) / 2) * width
             ax.bar(x, values, width, label=name, color=colors[i % 10])
         if reference is not None:
-            ax.axhline(reference, color="black", linestyle="--", linewidth=1, label="FP16")
+            ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=FP_LABEL)
         ax.set_xticks(range(k), axis_labels, fontsize=9)
         ax.set_ylabel(unit, fontsize=9)
         finite = [v for vals in series.values() for v in vals if np.isfinite(v)]
@@ -119,7 +120,7 @@ def radar(axis_labels: list[str], series: dict[str, list[float]], path: Path, ti
             ax.fill(angles + angles[:1], vals, color=colors[i % 10], alpha=0.08)
         if reference is not None:
             ax.plot(angles + angles[:1], [reference] * (k + 1), color="black", linestyle="--", linewidth=1,
-                    label="FP16")
+                    label=FP_LABEL)
         ax.set_xticks(angles, [_wrap(a, 14) for a in axis_labels], fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         finite = [v for vals in series.values() for v in vals if np.isfinite(v)]

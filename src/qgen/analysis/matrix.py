@@ -16,7 +16,7 @@ import pandas as pd
 
 from qgen.analysis.stats import compare_items, higher_is_better, seed_summary
 from qgen.analysis.tables import Cell, Table
-from qgen.analysis.tidy import PPL_PREFIX, TASK_PREFIX, Samples
+from qgen.analysis.tidy import FP_LABEL, PPL_PREFIX, TASK_PREFIX, Samples
 from qgen.errors import QgenError
 
 SETTING_KEYS = ["model", "quantizer", "bits", "n_samples", "seq_len", "suite", "limit"]
@@ -138,7 +138,7 @@ def matrix_table(m: Matrix, name: str) -> Table:
                     marks.add("sig")
             row[_col(test, m)] = Cell(m.mean.loc[calib, test], m.std.loc[calib, test], marks=frozenset(marks))
         rows.append(row)
-    rows.append({"Calibration": "FP16 (reference)", **{_col(t, m): Cell(m.fp[t]) for t in m.mean.columns}})
+    rows.append({"Calibration": f"{FP_LABEL} (reference)", **{_col(t, m): Cell(m.fp[t]) for t in m.mean.columns}})
     data = (m.mean.stack().rename("mean").to_frame().join(m.std.stack().rename("std"))
             .join(m.n_seeds.stack().rename("n_seeds")).reset_index(names=["calib", "test"]))
     data["in_distribution_cell"] = data["calib"] == data["test"]

@@ -22,7 +22,7 @@ from qgen.analysis import ablation, figures, matrix, s1
 from qgen.analysis import groups as groups_mod
 from qgen.analysis.command import SCENARIOS
 from qgen.analysis.tables import LEGEND, Table
-from qgen.analysis.tidy import Samples, configs_of, load, task_family
+from qgen.analysis.tidy import FP_LABEL, Samples, configs_of, load, task_family
 from qgen.errors import QgenError
 from qgen.record.reader import read_timings
 
@@ -112,10 +112,10 @@ def run_s1(df, opts: Options, samples: Samples, section: Section) -> None:
         note = "" if per_calib or q["calib"].nunique() == 1 else ", mean over calibration sets"
         path = opts.out_dir / "figures" / f"s1_radar_{_slug(model)}.png"
         figures.radar([t.replace("qgen_", "") for t in tasks], series, path,
-                      f"S1: {model}, score relative to FP16 (100 = FP16; perplexity inverted){note}",
-                      "% of FP16 (higher is better)", reference=100.0,
+                      f"S1: {model}, score relative to FP (100 = unquantized; perplexity inverted){note}",
+                      "% of FP (higher is better)", reference=100.0,
                       legend_title="method bits / calibration" if per_calib else "method bits")
-        section.figures.append((f"{model}: each configuration's score as % of FP16 per task", path))
+        section.figures.append((f"{model}: each configuration's score as % of FP (unquantized) per task", path))
 
 
 def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, prefix: str) -> None:
@@ -161,9 +161,9 @@ def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, pref
             kind = "radar" if len(m.mean.columns) >= 3 else "bars"  # a radar needs three axes
             rpath = opts.out_dir / "figures" / (f"{stem}_{_slug(s['quantizer'])}_{_slug(s['bits'])}_n{s['n_samples']}"
                                                 f"_l{s['seq_len']}_{kind}.png")
-            series["FP16"] = series_fp
+            series[FP_LABEL] = series_fp
             figures.radar(list(m.mean.columns), series, rpath, f"{prefix.upper()} {m.title}",
-                          f"{metric} per test set", legend_title="calibration set (FP16: unquantized)")
+                          f"{metric} per test set", legend_title=f"calibration set ({FP_LABEL}: unquantized)")
             section.figures.append((f"{m.title}: scores per test set, one series per calibration set", rpath))
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from qgen.analysis.stats import compare_items, higher_is_better, seed_summary
 from qgen.analysis.tables import Cell, Table
-from qgen.analysis.tidy import Samples
+from qgen.analysis.tidy import FP_LABEL, Samples
 
 ROW_KEYS = ["model", "label", "quantizer", "bits", "calib", "n_samples", "seq_len", "suite", "limit"]
 FP_KEYS = ["model", "suite", "limit"]
@@ -57,7 +57,7 @@ def add_significance(stats: pd.DataFrame, df: pd.DataFrame, samples: Samples, n_
 
 
 def _row_head(r) -> dict:
-    return {"Model": r["model"], "Method": r["quantizer"] if r["quantizer"] != "none" else "FP16",
+    return {"Model": r["model"], "Method": r["quantizer"] if r["quantizer"] != "none" else FP_LABEL,
             "Bits": r["bits"], "Calibration": r["calib"] if r["quantizer"] != "none" else "–",
             "Seeds": r["n_seeds"]}
 
@@ -72,7 +72,7 @@ def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float 
     for model, g in stats.groupby("model"):
         if fp_source[fp_source["model"] == model].empty:
             fp_rows = g.groupby("task").agg(fp=("fp_mean", "mean"))
-            values.append({"Model": model, "Method": "FP16 (baselines)", "Bits": "fp16", "Calibration": "–",
+            values.append({"Model": model, "Method": f"{FP_LABEL} (baselines)", "Bits": "fp16", "Calibration": "–",
                            "Seeds": "", **{_short(t): Cell(fp_rows.loc[t, "fp"]) for t in tasks if t in fp_rows.index}})
     for _, g in stats.groupby(ROW_KEYS, sort=False):
         r = g.iloc[0]

@@ -48,9 +48,13 @@ def task_family(task: str, groups: dict | None = None) -> str:
     return _registry_family(dataset) or "other"
 
 
+# The unquantized model in tables and figures: "FP", whatever dtype it ran in (fp32 on CPU, fp16/bf16 on GPUs).
+FP_LABEL = "FP"
+
+
 def config_label(row) -> str:
     if row["quantizer"] == "none":
-        return "FP16"
+        return FP_LABEL
     return f"{row['quantizer']} {row['bits']}"
 
 
