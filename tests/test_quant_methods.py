@@ -162,3 +162,14 @@ def test_spqr_reports_outliers(setup):
     fracs = [r["spqr"]["outlier_fraction"] for r in report["layers"].values()]
     assert all(0 < f < 0.05 for f in fracs), fracs
     assert all(r["spqr"]["avg_bits"] > 3 for r in report["layers"].values())
+
+
+def test_awq_search_error_is_the_output_mse_whatever_the_chunking():
+    from qgen.quant.methods.awq import _output_mse
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2500, 64, generator=g), torch.randn(48, 64, generator=g)
+    w_hat = w + 0.01 * torch.randn(48, 64, generator=g)
+    direct = float(((x @ w_hat.t() - x @ w.t()) ** 2).mean())
+    for chunk in (1, 700, 1024, 5000):  # chunks that do and do not divide the 2,500 tokens
+        assert abs(_output_mse(x, w_hat - w, chunk=chunk) - direct) <= 1e-4 * direct

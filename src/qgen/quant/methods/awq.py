@@ -24,6 +24,13 @@ def _rtn(w: torch.Tensor, fmt) -> torch.Tensor:
     return quantize_weight(w, fmt)[0]
 
 
+def _output_mse(x: torch.Tensor, w_error: torch.Tensor, chunk: int = 1024) -> float:
+    """mean((X·Ŵᵀ − X·Wᵀ)²) computed as X·(Ŵ − W)ᵀ, a chunk of tokens at a time: no full-size output is held
+    (at 128 × 512 calibration tokens, gate/up's outputs on the search tokens are 50 MB each)."""
+    total = sum(float((x[i:i + chunk] @ w_error.t()).square().sum()) for i in range(0, x.shape[0], chunk))
+    return total / (x.shape[0] * w_error.shape[0])
+
+
 @register
 class AWQ(QuantMethod):
     name = "awq"
@@ -52,6 +59,7 @@ class AWQ(QuantMethod):
 
     def apply(self, ctx: SubsetContext) -> dict[str, dict]:
         x = torch.cat(self.kept)
+        self.kept = []  # x holds them now: one copy of the search tokens alive
         linears = list(ctx.linears.values())
         w = torch.cat([lin.weight.data.to(ctx.device).float() for lin in linears])
         ratio, loss = None, None
@@ -70,17 +78,15 @@ class AWQ(QuantMethod):
                 attach_grid(linear, params)
             report[path] = {"scaled": ratio is not None, "ratio": ratio, "search_loss": loss,
                             "clip_mean_shrink": shrink, "search_tokens": x.shape[0]}
-        self.kept = []
         return report
 
     def search_scale(self, x: torch.Tensor, w: torch.Tensor, x_mean: torch.Tensor):
-        y = x @ w.t()
         best = (float("inf"), None, None)
         for i in range(self.n_grid):
             ratio = i / self.n_grid
             s = x_mean.pow(ratio).clamp(min=1e-4)
             s = s / (s.max() * s.min()).sqrt()
-            loss = float(((x @ (_rtn(w * s, self.weight) / s).t() - y) ** 2).mean())
+            loss = _output_mse(x, _rtn(w * s, self.weight) / s - w)
             if loss < best[0]:
                 best = (loss, ratio, s)
         return best[1], best[2], best[0]
