@@ -86,5 +86,6 @@ def test_ablation_over_calibration_size(tmp_path):
     assert "| n_samples | a (ID) | b | ppl/wiki |" in page
     assert "| 1 | **0.250 ± 0.000** | 0.125 ± 0.000 |" in page
     assert "| 8 | **0.625 ± 0.177** | 0.500 ± 0.000 |" in page
+    assert "| FP | 0.750 | 0.500 | 10.000 |" in page  # the unquantized model on the same items
     assert (tmp_path / "r" / "figures" / "ablation_n_samples_m_rtn_w4a16_a.png").stat().st_size > 5000
     assert "ablation_seq_len" not in page  # seq_len was not varied

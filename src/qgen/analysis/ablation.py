@@ -13,6 +13,7 @@ import pandas as pd
 
 from qgen.analysis.stats import seed_summary
 from qgen.analysis.tables import Cell, Table
+from qgen.analysis.tidy import FP_LABEL
 
 FIXED = {"n_samples": ["model", "quantizer", "bits", "calib_dataset", "seq_len", "suite", "limit"],
          "seq_len": ["model", "quantizer", "bits", "calib_dataset", "n_samples", "suite", "limit"]}
@@ -29,7 +30,8 @@ def curves(df: pd.DataFrame, knob: str) -> list[tuple[dict, pd.DataFrame]]:
         for (value, task, metric), cell in g.groupby([knob, "task", "metric"], sort=True):
             s = seed_summary(cell["value"])
             rows.append({knob: int(value), "task": task, "metric": metric, **s,
-                         "in_distribution": cell["dataset"].iloc[0] == key[3]})
+                         "in_distribution": cell["dataset"].iloc[0] == key[3],
+                         "fp": cell["fp_value"].mean()})  # the unquantized model's score: the reference line
         out.append((dict(zip(FIXED[knob], key)), pd.DataFrame(rows)))
     return out
 
@@ -42,11 +44,16 @@ def table(setting: dict, rows: pd.DataFrame, knob: str, name: str) -> Table:
             (r.task.replace("qgen_", "") + (" (ID)" if r.in_distribution else "")):
                 Cell(r.mean, r.std, marks=frozenset({"id"}) if r.in_distribution else frozenset())
             for r in g.itertuples()}})
+    fp = rows.groupby(["task", "in_distribution"], sort=False)["fp"].mean()
+    if fp.notna().any():
+        wide.append({knob: FP_LABEL, **{t.replace("qgen_", "") + (" (ID)" if ind else ""): Cell(v)
+                                        for (t, ind), v in fp.items() if pd.notna(v)}})
     title = (f"Ablation over {knob}: {setting['model']} {setting['quantizer']} {setting['bits']}, "
              f"calibration {setting['calib_dataset']}")
     data = rows.assign(**{k: v for k, v in setting.items()})
     return Table(name, title, pd.DataFrame(wide).fillna("–"), data,
-                 ["**Bold**/(ID): test set = calibration set. Cells: mean ± std over seeds."])
+                 [f"**Bold**/(ID): test set = calibration set. Cells: mean ± std over seeds. {FP_LABEL}: the "
+                  "unquantized model on the same items (dotted lines in the figure)."])
 
 
 def figure(setting: dict, rows: pd.DataFrame, knob: str, path: Path) -> Path:
@@ -56,8 +63,11 @@ def figure(setting: dict, rows: pd.DataFrame, knob: str, path: Path) -> Path:
         for task, g in rows[rows["metric"] == metric].groupby("task"):
             g = g.sort_values(knob)
             ind = bool(g["in_distribution"].iloc[0])
-            ax.errorbar(g[knob], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3,
-                        linestyle="-" if ind else "--", label=task.replace("qgen_", "") + (" (ID)" if ind else ""))
+            line = ax.errorbar(g[knob], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3,
+                               linestyle="-" if ind else "--",
+                               label=task.replace("qgen_", "") + (" (ID)" if ind else ""))
+            if g["fp"].notna().any():
+                ax.axhline(g["fp"].mean(), color=line[0].get_color(), linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ticks = sorted(rows[knob].unique())
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -67,7 +77,7 @@ def figure(setting: dict, rows: pd.DataFrame, knob: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
     fig.suptitle(f"{setting['model']} {setting['quantizer']} {setting['bits']}: calibration on "
-                 f"{setting['calib_dataset']} (solid: ID test set, dashed: OOD)", fontsize=9)
+                 f"{setting['calib_dataset']} (solid: ID test set, dashed: OOD, dotted: {FP_LABEL})", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")
