@@ -117,7 +117,7 @@ def check_job(cfg: DictConfig) -> None:
 def check_engine_settings(quant: DictConfig) -> None:
     from qgen.quant.engine import FEEDS, TRUE_SEQUENTIAL_COMBINATION
 
-    size = quant.get("batch_size", 8)
+    size = quant.get("batch_size", 4)
     if not _is_int(size) or size < 1:
         raise QgenError(f"quantizer.batch_size={size!r} is not allowed: use a positive integer")
     if quant.get("feed", "quantized") not in FEEDS:

@@ -41,7 +41,7 @@ TRUE_SEQUENTIAL_COMBINATION = ("quantizer.true_sequential=false needs a single m
 
 @dataclass(frozen=True)
 class EngineSettings:
-    batch_size: int = 8  # calibration samples per forward
+    batch_size: int = 4  # calibration samples per forward
     feed: str = "quantized"  # what the next block sees: outputs of the quantized or of the original block
     true_sequential: bool = True  # re-observe each subset after the previous ones were quantized
 
