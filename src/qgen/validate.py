@@ -115,14 +115,14 @@ def check_job(cfg: DictConfig) -> None:
 
 
 def check_engine_settings(quant: DictConfig) -> None:
-    from qgen.quant.engine import FEEDS, TRUE_SEQUENTIAL_COMBINATION
+    from qgen.quant.engine import FEEDS, TRUE_SEQUENTIAL_COMBINATION, EngineSettings
 
-    size = quant.get("batch_size", 4)
+    size = quant.get("batch_size", EngineSettings.batch_size)
     if not _is_int(size) or size < 1:
         raise QgenError(f"quantizer.batch_size={size!r} is not allowed: use a positive integer")
-    if quant.get("feed", "quantized") not in FEEDS:
+    if quant.get("feed", EngineSettings.feed) not in FEEDS:
         raise QgenError(f"quantizer.feed={quant.feed!r} is not allowed: use one of {', '.join(FEEDS)}")
-    sequential = quant.get("true_sequential", True)
+    sequential = quant.get("true_sequential", EngineSettings.true_sequential)
     if not isinstance(sequential, bool):
         raise QgenError(f"quantizer.true_sequential={sequential!r} is not allowed: use true or false")
     if not sequential and len(quant.methods or []) > 1:

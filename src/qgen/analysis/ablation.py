@@ -36,18 +36,21 @@ def curves(df: pd.DataFrame, knob: str) -> list[tuple[dict, pd.DataFrame]]:
     return out
 
 
+def _task_label(task: str, in_distribution: bool) -> str:
+    return task.replace("qgen_", "") + (" (ID)" if in_distribution else "")
+
+
 def table(setting: dict, rows: pd.DataFrame, knob: str, name: str) -> Table:
     wide = []
     rows = rows.assign(_ppl=rows["task"].str.startswith("ppl/")).sort_values([knob, "_ppl", "task"])
     for value, g in rows.drop(columns="_ppl").groupby(knob, sort=True):
         wide.append({knob: value, **{
-            (r.task.replace("qgen_", "") + (" (ID)" if r.in_distribution else "")):
+            _task_label(r.task, r.in_distribution):
                 Cell(r.mean, r.std, marks=frozenset({"id"}) if r.in_distribution else frozenset())
             for r in g.itertuples()}})
     fp = rows.groupby(["task", "in_distribution"], sort=False)["fp"].mean()
     if fp.notna().any():
-        wide.append({knob: FP_LABEL, **{t.replace("qgen_", "") + (" (ID)" if ind else ""): Cell(v)
-                                        for (t, ind), v in fp.items() if pd.notna(v)}})
+        wide.append({knob: FP_LABEL, **{_task_label(t, ind): Cell(v) for (t, ind), v in fp.items() if pd.notna(v)}})
     title = (f"Ablation over {knob}: {setting['model']} {setting['quantizer']} {setting['bits']}, "
              f"calibration {setting['calib_dataset']}")
     data = rows.assign(**{k: v for k, v in setting.items()})
@@ -64,8 +67,7 @@ def figure(setting: dict, rows: pd.DataFrame, knob: str, path: Path) -> Path:
             g = g.sort_values(knob)
             ind = bool(g["in_distribution"].iloc[0])
             line = ax.errorbar(g[knob], g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3,
-                               linestyle="-" if ind else "--",
-                               label=task.replace("qgen_", "") + (" (ID)" if ind else ""))
+                               linestyle="-" if ind else "--", label=_task_label(task, ind))
             if g["fp"].notna().any():
                 ax.axhline(g["fp"].mean(), color=line[0].get_color(), linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
