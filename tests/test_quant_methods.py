@@ -165,11 +165,14 @@ def test_spqr_reports_outliers(setup):
 
 
 def test_awq_search_error_is_the_output_mse_whatever_the_chunking():
-    from qgen.quant.methods.awq import _output_mse
+    from qgen.quant.methods.awq import _output_mse, _take_rows
 
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(2500, 64, generator=g), torch.randn(48, 64, generator=g)
     w_hat = w + 0.01 * torch.randn(48, 64, generator=g)
     direct = float(((x @ w_hat.t() - x @ w.t()) ** 2).mean())
-    for chunk in (1, 700, 1024, 5000):  # chunks that do and do not divide the 2,500 tokens
-        assert abs(_output_mse(x, w_hat - w, chunk=chunk) - direct) <= 1e-4 * direct
+    index = torch.linspace(0, 2499, 512).long()
+    for sizes in ([2500], [1, 2499], [700, 700, 700, 400], [128] * 19 + [68]):  # even and uneven batches
+        chunks = list(x.split(sizes))
+        assert abs(_output_mse(chunks, w_hat - w) - direct) <= 1e-4 * direct
+        assert torch.equal(_take_rows(chunks, index), x[index])  # the clip search's tokens, across chunk edges

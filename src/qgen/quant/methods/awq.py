@@ -24,11 +24,20 @@ def _rtn(w: torch.Tensor, fmt) -> torch.Tensor:
     return quantize_weight(w, fmt)[0]
 
 
-def _output_mse(x: torch.Tensor, w_error: torch.Tensor, chunk: int = 1024) -> float:
-    """mean((X·Ŵᵀ − X·Wᵀ)²) computed as X·(Ŵ − W)ᵀ, a chunk of tokens at a time: no full-size output is held
-    (at 128 × 512 calibration tokens, gate/up's outputs on the search tokens are 50 MB each)."""
-    total = sum(float((x[i:i + chunk] @ w_error.t()).square().sum()) for i in range(0, x.shape[0], chunk))
-    return total / (x.shape[0] * w_error.shape[0])
+def _output_mse(chunks: list[torch.Tensor], w_error: torch.Tensor) -> float:
+    """mean((X·Ŵᵀ − X·Wᵀ)²) computed as X·(Ŵ − W)ᵀ one chunk of tokens at a time: neither X (kept as the per-batch
+    chunks it was observed in) nor a full-size output is ever materialised (at 128 × 512 calibration tokens,
+    down_proj's search tokens are 25 MB and gate/up's outputs on them 50 MB each)."""
+    total = sum(float((x @ w_error.t()).square().sum()) for x in chunks)
+    return total / (sum(x.shape[0] for x in chunks) * w_error.shape[0])
+
+
+def _take_rows(chunks: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` (sorted, into the chunks laid end to end) gathered into one tensor."""
+    sizes = torch.tensor([x.shape[0] for x in chunks])
+    ends = sizes.cumsum(0)
+    starts, which = ends - sizes, torch.searchsorted(ends, index, right=True)
+    return torch.stack([chunks[k][i - starts[k]] for k, i in zip(which.tolist(), index.tolist())])
 
 
 @register
@@ -58,15 +67,16 @@ class AWQ(QuantMethod):
         self.kept.append(x[:: self.token_stride].clone())  # every token_stride-th token for the searches
 
     def apply(self, ctx: SubsetContext) -> dict[str, dict]:
-        x = torch.cat(self.kept)
-        self.kept = []  # x holds them now: one copy of the search tokens alive
+        x, self.kept = self.kept, []  # the search tokens, per batch: never concatenated (one copy alive)
+        n_tokens = sum(chunk.shape[0] for chunk in x)
         linears = list(ctx.linears.values())
         w = torch.cat([lin.weight.data.to(ctx.device).float() for lin in linears])
         ratio, loss = None, None
         if ctx.subset.foldable and ctx.prev_op is not None:
             ratio, s, loss = self.search_scale(x, w, self.abs_sum / self.count)
             fold_scales(ctx.prev_op, linears, s)
-            x = x / s
+            for chunk in x:  # the inputs the scaled weights now see; our own copies, so in place
+                chunk.div_(s)
         report = {}
         for (path, linear) in ctx.linears.items():
             shrink = None
@@ -77,10 +87,10 @@ class AWQ(QuantMethod):
                 linear.weight.data.copy_(w_hat.to(linear.weight.dtype))
                 attach_grid(linear, params)
             report[path] = {"scaled": ratio is not None, "ratio": ratio, "search_loss": loss,
-                            "clip_mean_shrink": shrink, "search_tokens": x.shape[0]}
+                            "clip_mean_shrink": shrink, "search_tokens": n_tokens}
         return report
 
-    def search_scale(self, x: torch.Tensor, w: torch.Tensor, x_mean: torch.Tensor):
+    def search_scale(self, x: list[torch.Tensor], w: torch.Tensor, x_mean: torch.Tensor):
         best = (float("inf"), None, None)
         for i in range(self.n_grid):
             ratio = i / self.n_grid
@@ -91,10 +101,11 @@ class AWQ(QuantMethod):
                 best = (loss, ratio, s)
         return best[1], best[2], best[0]
 
-    def clip_weight(self, linear, x: torch.Tensor) -> float:
+    def clip_weight(self, linear, x: list[torch.Tensor]) -> float:
         """Shrink each row's range per group where that lowers the group's output error; returns the mean shrink."""
-        fmt, w = self.weight, linear.weight.data.to(x.device).float()
-        xs = x[torch.linspace(0, x.shape[0] - 1, min(self.clip_tokens, x.shape[0])).long()]
+        fmt, w = self.weight, linear.weight.data.to(x[0].device).float()
+        n_tokens = sum(chunk.shape[0] for chunk in x)
+        xs = _take_rows(x, torch.linspace(0, n_tokens - 1, min(self.clip_tokens, n_tokens)).long())
         chosen = []
         for s0, s1 in fmt.groups(w.shape[1]):
             wg, xg = w[:, s0:s1], xs[:, s0:s1].t()
