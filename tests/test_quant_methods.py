@@ -73,14 +73,15 @@ def _with_activation_outliers(factor: float = 40.0, channels=(3, 17, 101)):
     return model
 
 
-@pytest.mark.parametrize("static", [False, True])
-def test_smoothquant_w8a8_beats_rtn_with_activation_outliers(setup, static):
+@pytest.mark.parametrize("static, true_sequential", [(False, True), (True, True), (False, False), (True, False)])
+def test_smoothquant_w8a8_beats_rtn_with_activation_outliers(setup, static, true_sequential):
     model, ids = setup
     model = _with_activation_outliers()
     act = ActFormat(8, "per_tensor" if static else "per_token")
     fmt = {"bits": 8, "symmetric": True, "act": act, "ids": ids}
     rtn = layer_errors(model, quantized(model, [("rtn", {})], **fmt)[0], ids)
-    sq_model, report = quantized(model, [("smoothquant", {"static": static})], **fmt)
+    sq_model, report = quantized(model, [("smoothquant", {"static": static})], true_sequential=true_sequential,
+                                 **fmt)
     sq = layer_errors(model, sq_model, ids)
     smoothed = [p for p, r in report["layers"].items() if r["smoothquant"]["smoothed"]]
     assert len(smoothed) == 5 * model.config.num_hidden_layers  # q, k, v, gate, up
