@@ -200,12 +200,13 @@ class Job:
 
     def eval_data(self) -> dict:
         """sha256 of the evaluation part of every registered dataset the suite reads (recorded in results.json),
-        so that re-prepared data is never scored from an earlier cache entry."""
+        so that re-prepared data is never scored from an earlier cache entry. Hashed once per job (the baseline
+        and the quantized model are scored on the same files)."""
         from qgen.data.overlap import suite_datasets
 
-        data = prepared_sha256(suite_datasets(self.cfg.eval_suite), "eval")
-        self.record.data["eval_data"] = data
-        return data
+        if "eval_data" not in self.record.data:
+            self.record.data["eval_data"] = prepared_sha256(suite_datasets(self.cfg.eval_suite), "eval")
+        return self.record.data["eval_data"]
 
     def evaluate(self, weights_key: dict, samples_name: str) -> dict:
         """Score the model as it is now; the cache key is the identity of its weights."""
