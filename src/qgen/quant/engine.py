@@ -45,6 +45,12 @@ class EngineSettings:
     feed: str = "quantized"  # what the next block sees: outputs of the quantized or of the original block
     true_sequential: bool = True  # re-observe each subset after the previous ones were quantized
 
+    @classmethod
+    def from_config(cls, quantizer) -> EngineSettings:
+        """The engine fields of a `quantizer` config (conf/quantizer/*.yaml); a field it lacks keeps the default."""
+        return cls(int(quantizer.get("batch_size", cls.batch_size)), str(quantizer.get("feed", cls.feed)),
+                   bool(quantizer.get("true_sequential", cls.true_sequential)))
+
 
 class _StopForward(Exception):
     pass
