@@ -56,8 +56,22 @@ def test_s1_changes_and_significance(frame):
     assert names == ["s1_values", "s1_change", "s1_families"]
     fam = tables[2].data.set_index(["calib", "family"])
     assert fam.loc[("a", "fam"), "delta"] == pytest.approx((-0.125 - 0.5) / 2)
+    assert fam.loc[("a", "fam"), "rel"] == pytest.approx(100 * (-0.3125) / ((0.75 + 0.5) / 2))  # of the FP mean
     md = tables[1].markdown()
     assert "-0.500 ± 0.000 (-100.0%)\\*" in md and "+3.000 ± 1.414 (+30.0%)" in md
+
+
+def test_family_means_count_a_group_once():
+    """MMLU next to its categories: the family mean reads the group's aggregate, not the group and its members."""
+    head = dict.fromkeys(s1.ROW_KEYS, "x") | {"quantizer": "gptq", "n_seeds": 1, "significant": False,
+                                                "family": "multiple_choice", "dirs": ("job",)}
+    rows = [("qgen_mmlu", -0.1, 0.3), ("qgen_mmlu_stem", -0.4, 0.3), ("qgen_mmlu_other", -0.4, 0.3),
+            ("qgen_arc_easy", 0.0, 0.5)]
+    stats = pd.DataFrame([head | {"task": t, "delta_mean": d, "fp_mean": fp} for t, d, fp in rows])
+    fam = s1.family_table(stats).data.iloc[0]
+    assert fam["tasks"] == 2 and fam["delta"] == pytest.approx(-0.05) and fam["rel"] == pytest.approx(-12.5)
+    alone = s1.family_table(stats[stats["task"] != "qgen_mmlu"]).data.iloc[0]  # categories without the group
+    assert alone["tasks"] == 3 and alone["delta"] == pytest.approx(-0.8 / 3)
 
 
 def test_s2_matrix_win_count_and_gap(frame):

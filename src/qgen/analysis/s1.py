@@ -13,7 +13,7 @@ import pandas as pd
 
 from qgen.analysis.stats import compare_items, higher_is_better, seed_summary
 from qgen.analysis.tables import Cell, Table
-from qgen.analysis.tidy import FP_LABEL, Samples
+from qgen.analysis.tidy import FP_LABEL, Samples, task_group_members
 
 ROW_KEYS = ["model", "label", "quantizer", "bits", "calib", "n_samples", "seq_len", "suite", "limit"]
 FP_KEYS = ["model", "suite", "limit"]
@@ -106,12 +106,22 @@ def _order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.fillna("–")
 
 
+def _without_group_members(stats: pd.DataFrame) -> pd.DataFrame:
+    """Drop the members of a group whose aggregate the same configuration also reports (the MMLU categories next to
+    qgen_mmlu): a family mean counts each of the suite's tasks once."""
+    group_of = {member: group for group, members in task_group_members().items() for member in members}
+    tasks_of = stats.groupby("dirs")["task"].agg(set)  # a configuration's jobs -> its tasks
+    return stats[[group_of.get(t) not in tasks_of[d] for t, d in zip(stats["task"], stats["dirs"])]]
+
+
 def family_table(stats: pd.DataFrame) -> Table:
-    """Mean change per task family: absolute (in the metric's units) and relative, averaged over its tasks."""
-    q = stats[stats["quantizer"] != "none"]
-    fam = (q.groupby([*ROW_KEYS, "family"]).agg(delta=("delta_mean", "mean"), rel=("rel_change_pct", "mean"),
+    """Mean change per task family over its tasks (a group's members counted once, through the group): absolute, in
+    the metric's units, and relative to the family's mean FP score."""
+    q = _without_group_members(stats[stats["quantizer"] != "none"])
+    fam = (q.groupby([*ROW_KEYS, "family"]).agg(delta=("delta_mean", "mean"), fp=("fp_mean", "mean"),
                                                  tasks=("task", "nunique"), n_seeds=("n_seeds", "max"),
                                                  significant=("significant", "sum")).reset_index())
+    fam["rel"] = [100 * d / fp if fp else math.nan for d, fp in zip(fam["delta"], fam["fp"])]
     rows = []
     for _, g in fam.groupby(ROW_KEYS, sort=False):
         r = g.iloc[0]
@@ -119,7 +129,9 @@ def family_table(stats: pd.DataFrame) -> Table:
             f"{f} ({int(t)} task{'s' if t > 1 else ''})": Cell(d, rel=rl, signed=True)
             for f, d, rl, t in zip(g["family"], g["delta"], g["rel"], g["tasks"])}})
     return Table("s1_families", "S1: mean change against full precision per task family", _order(pd.DataFrame(rows)),
-                 fam, ["Cells: mean over the family's tasks of (quantized − FP), with the mean relative change.",
+                 fam, ["Cells: mean over the family's tasks of (quantized − FP), and that mean relative to the "
+                       "family's mean FP score. A group's members (e.g. MMLU's categories) count once, through the "
+                       "group's aggregate.",
                        "Column headers give the number of tasks; higher_is_better: accuracy yes, perplexity no."])
 
 

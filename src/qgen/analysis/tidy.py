@@ -48,6 +48,20 @@ def task_family(task: str, groups: dict | None = None) -> str:
     return _registry_family(dataset) or "other"
 
 
+@cache
+def task_group_members() -> dict[str, tuple[str, ...]]:
+    """{group task: its member tasks} from the lm-eval group YAMLs qgen ships (qgen_mmlu -> its four categories);
+    a group's score is the aggregate of its members', which lm-eval reports alongside them."""
+    import yaml
+
+    out = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "evaluate" / "tasks").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        if isinstance(spec, dict) and "group" in spec and isinstance(spec.get("task"), list):
+            out[spec["group"]] = tuple(spec["task"])
+    return out
+
+
 # The unquantized model in tables and figures: "FP", whatever dtype it ran in (fp32 on CPU, fp16/bf16 on GPUs).
 FP_LABEL = "FP"
 
