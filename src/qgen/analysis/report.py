@@ -96,7 +96,7 @@ def run_s1(df, opts: Options, samples: Samples, section: Section) -> None:
     if not opts.figures:
         return
     for model, g in stats.groupby("model"):
-        q = g[g["quantizer"] != "none"]
+        q = s1.without_group_members(g[g["quantizer"] != "none"])  # one axis per suite task (MMLU, not its parts)
         if q.empty:
             continue
         tasks = sorted(q["task"].unique(), key=lambda t: (t.startswith("ppl/"), t))

@@ -106,7 +106,7 @@ def _order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.fillna("–")
 
 
-def _without_group_members(stats: pd.DataFrame) -> pd.DataFrame:
+def without_group_members(stats: pd.DataFrame) -> pd.DataFrame:
     """Drop the members of a group whose aggregate the same configuration also reports (the MMLU categories next to
     qgen_mmlu): a family mean counts each of the suite's tasks once."""
     group_of = {member: group for group, members in task_group_members().items() for member in members}
@@ -117,7 +117,7 @@ def _without_group_members(stats: pd.DataFrame) -> pd.DataFrame:
 def family_table(stats: pd.DataFrame) -> Table:
     """Mean change per task family over its tasks (a group's members counted once, through the group): absolute, in
     the metric's units, and relative to the family's mean FP score."""
-    q = _without_group_members(stats[stats["quantizer"] != "none"])
+    q = without_group_members(stats[stats["quantizer"] != "none"])
     fam = (q.groupby([*ROW_KEYS, "family"]).agg(delta=("delta_mean", "mean"), fp=("fp_mean", "mean"),
                                                  tasks=("task", "nunique"), n_seeds=("n_seeds", "max"),
                                                  significant=("significant", "sum")).reset_index())
