@@ -50,16 +50,13 @@ def task_family(task: str, groups: dict | None = None) -> str:
 
 @cache
 def task_group_members() -> dict[str, tuple[str, ...]]:
-    """{group task: its member tasks} from the lm-eval group YAMLs qgen ships (qgen_mmlu -> its four categories);
-    a group's score is the aggregate of its members', which lm-eval reports alongside them."""
-    import yaml
+    """{group task: its member tasks} for the registry's families (qgen_mmlu -> its four categories), the same
+    declaration qgen.data.lm_eval_tasks writes the lm-eval group files from; lm-eval reports a group's aggregate
+    alongside its members' scores."""
+    from qgen.data.registry import all_datasets, families
 
-    out = {}
-    for path in sorted((Path(__file__).resolve().parents[1] / "evaluate" / "tasks").glob("*.yaml")):
-        spec = yaml.safe_load(path.read_text())
-        if isinstance(spec, dict) and "group" in spec and isinstance(spec.get("task"), list):
-            out[spec["group"]] = tuple(spec["task"])
-    return out
+    specs = all_datasets()
+    return {info["group"]: tuple(specs[m].lm_eval_task for m in info["members"]) for info in families().values()}
 
 
 # The unquantized model in tables and figures: "FP", whatever dtype it ran in (fp32 on CPU, fp16/bf16 on GPUs).

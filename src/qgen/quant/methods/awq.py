@@ -77,11 +77,14 @@ class AWQ(QuantMethod):
             fold_scales(ctx.prev_op, linears, s)
             for chunk in x:  # the inputs the scaled weights now see; our own copies, so in place
                 chunk.div_(s)
+        # the clipping search's tokens, evenly spread over the kept ones: the same for every linear of the subset
+        clip_index = torch.linspace(0, n_tokens - 1, min(self.clip_tokens, n_tokens)).long()
+        clip_x = _take_rows(x, clip_index) if self.clip else None
         report = {}
         for (path, linear) in ctx.linears.items():
             shrink = None
             if self.clip and path.rsplit(".", 1)[-1] not in self.clip_skip:
-                shrink = self.clip_weight(linear, x)
+                shrink = self.clip_weight(linear, clip_x)
             if ctx.final:
                 w_hat, params = quantize_weight(linear.weight.data.to(ctx.device), self.weight)
                 linear.weight.data.copy_(w_hat.to(linear.weight.dtype))
@@ -101,11 +104,10 @@ class AWQ(QuantMethod):
                 best = (loss, ratio, s)
         return best[1], best[2], best[0]
 
-    def clip_weight(self, linear, x: list[torch.Tensor]) -> float:
-        """Shrink each row's range per group where that lowers the group's output error; returns the mean shrink."""
-        fmt, w = self.weight, linear.weight.data.to(x[0].device).float()
-        n_tokens = sum(chunk.shape[0] for chunk in x)
-        xs = _take_rows(x, torch.linspace(0, n_tokens - 1, min(self.clip_tokens, n_tokens)).long())
+    def clip_weight(self, linear, xs: torch.Tensor) -> float:
+        """Shrink each row's range per group where that lowers the group's output error on the tokens `xs`;
+        returns the mean shrink."""
+        fmt, w = self.weight, linear.weight.data.to(xs.device).float()
         chosen = []
         for s0, s1 in fmt.groups(w.shape[1]):
             wg, xg = w[:, s0:s1], xs[:, s0:s1].t()
