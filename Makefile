@@ -7,11 +7,12 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP      := $(VENV)/.qgen-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup assets demo test lint clean help
+.PHONY: setup assets demo test test-numerics lint clean help
 
 help:
 	@echo "make demo   - install, fetch assets, run the default job (SmolLM2-135M, RTN W4 g128, smoke suite)"
 	@echo "make test   - install, fetch assets, run the test suite"
+	@echo "make test-numerics - the numeric tests under both CPU kernel paths and 1 and 2 threads"
 	@echo "make assets - fetch and verify the offline model and datasets into QGEN_HOME"
 	@echo "make lint   - ruff"
 	@echo "make clean  - remove outputs and caches of this checkout (not QGEN_HOME)"
@@ -32,6 +33,17 @@ demo: assets
 
 test: assets
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tests marked `numeric` (float results) under the float paths CI may meet: this CPU's own kernels (AVX-512 /
+# AMX on some machines) and ATEN_CPU_CAPABILITY=avx2 (what an AVX2-only machine runs), each with 1 and 2 threads —
+# a test whose margin depends on summation order fails here on any machine. KERNEL:THREADS pairs; native = unset.
+NUMERIC_PATHS ?= native:1 native:2 avx2:1 avx2:2
+test-numerics: assets
+	@for path in $(NUMERIC_PATHS); do kernel=$${path%%:*}; threads=$${path##*:}; \
+	  echo "== numeric tests: kernels=$$kernel threads=$$threads"; \
+	  if [ "$$kernel" = native ]; then unset ATEN_CPU_CAPABILITY; else export ATEN_CPU_CAPABILITY=$$kernel; fi; \
+	  OMP_NUM_THREADS=$$threads $(BIN)/python -m pytest -q -m numeric $(PYTEST_ARGS) || exit 1; \
+	done
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

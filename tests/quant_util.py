@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from torch import nn
 
 from qgen.models.arch import adapter_for
 from qgen.quant.activations import ActFormat
@@ -17,6 +18,10 @@ from qgen.quant.grid import WeightFormat
 from qgen.quant.methods import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+# Slack for comparing errors a method minimised with errors recomputed here: the inputs are recomputed in another
+# batch arrangement and summed in another order, which moves them by float32 rounding (~1e-6 relative, on any CPU
+# kernel or thread count); 1e-3 leaves three orders of magnitude for that and nothing for a real loss.
+RECOMPUTE_SLACK = 1e-3
 
 
 def tiny_llama(seed: int = 0):
@@ -34,7 +39,9 @@ def calib_ids(vocab: int, n: int = 16, seq: int = 64, seed: int = 0) -> torch.Te
 
 def quantized(model, steps: list, bits: int, group_size: int = -1, symmetric: bool = False,
               act: ActFormat | None = None, ids=None, batch_size: int = 8, **engine):
-    """A quantized deep copy of model; steps: [(method name, {settings})]; engine: more EngineSettings fields."""
+    """A quantized deep copy of model; steps: [(method name, {settings})]; engine: more EngineSettings fields
+    (block passes in float32 unless `dtype` is given, so results do not depend on the CPU's bf16 support)."""
+    engine.setdefault("dtype", "float32")
     model = copy.deepcopy(model)
     fmt = WeightFormat(bits, group_size, symmetric)
     act = act or ActFormat()
@@ -45,9 +52,9 @@ def quantized(model, steps: list, bits: int, group_size: int = -1, symmetric: bo
 
 
 @torch.no_grad()
-def layer_errors(fp_model, q_model, ids: torch.Tensor) -> dict[str, float]:
-    """Relative output error of every quantized linear on the input it sees in the quantized model, measured in
-    the original coordinates (scales folded by AWQ/SmoothQuant undone): ||ŷ - W x||² / ||W x||²."""
+def linear_io(fp_model, q_model, ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor, nn.Linear]]:
+    """Run q_model on ids; per quantized linear: (the input x it sees, its output ŷ, both in the original
+    coordinates — scales folded by AWQ/SmoothQuant undone — and the original linear of fp_model)."""
     adapter = adapter_for(q_model.config.model_type)
     paths = [f"{adapter.blocks}.{i}.{p}" for i in range(len(adapter.block_list(q_model)))
              for p in adapter.linear_names()]
@@ -68,13 +75,42 @@ def layer_errors(fp_model, q_model, ids: torch.Tensor) -> dict[str, float]:
     finally:
         for h in handles:
             h.remove()
-    errors = {}
+    out = {}
     for path in paths:
-        x, y = seen[path]
-        lin, ref_lin = q_model.get_submodule(path), fp_model.get_submodule(path)
+        (x, y), lin = seen[path], q_model.get_submodule(path)
         s_in, s_out = input_scale(lin), output_scale(lin)
-        x = x * s_in if s_in is not None else x
-        y = y * s_out if s_out is not None else y
+        out[path] = (x * s_in if s_in is not None else x, y * s_out if s_out is not None else y,
+                     fp_model.get_submodule(path))
+    return out
+
+
+def layer_errors(fp_model, q_model, ids: torch.Tensor) -> dict[str, float]:
+    """Relative output error of every quantized linear on the input it sees in the quantized model, measured in
+    the original coordinates: ||ŷ - W x||² / ||W x||²."""
+    errors = {}
+    for path, (x, y, ref_lin) in linear_io(fp_model, q_model, ids).items():
         ref = F.linear(x, ref_lin.weight, ref_lin.bias)
         errors[path] = float(((y - ref) ** 2).sum() / (ref**2).sum())
     return errors
+
+
+def subset_errors(fp_model, q_model, ids: torch.Tensor, rtn_format: WeightFormat) -> dict[tuple, tuple[float, float]]:
+    """Per (block, subset): the joint squared output error Σ_linears ||ŷ − W x||² of the quantized linears, and
+    that of round-to-nearest weights Q(W) on the *same* inputs x — the objective AWQ's scale search minimises
+    (all of a subset's outputs together, in the original coordinates). Keys: (block index, subset name)."""
+    from qgen.quant.grid import quantize_weight
+
+    adapter = adapter_for(q_model.config.model_type)
+    io = linear_io(fp_model, q_model, ids)
+    out = {}
+    for i in range(len(adapter.block_list(q_model))):
+        for subset in adapter.subsets_for(q_model):
+            q_err = rtn_err = 0.0
+            for p in subset.linears:
+                x, y, ref_lin = io[f"{adapter.blocks}.{i}.{p}"]
+                ref = F.linear(x, ref_lin.weight, ref_lin.bias)
+                rtn = F.linear(x, quantize_weight(ref_lin.weight.data, rtn_format)[0], ref_lin.bias)
+                q_err += float(((y - ref) ** 2).sum())
+                rtn_err += float(((rtn - ref) ** 2).sum())
+            out[(i, subset.name)] = (q_err, rtn_err)
+    return out

@@ -6,6 +6,8 @@ import torch
 from qgen.quant.activations import ActFormat
 from qgen.quant.grid import WeightFormat, fit_grid, quantize_activation, quantize_weight
 
+pytestmark = pytest.mark.numeric  # also run under every float path: make test-numerics
+
 
 def _weights(rows=24, cols=200, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -13,6 +13,8 @@ from qgen.quant.engine import quantize_model
 from qgen.quant.grid import WeightFormat
 from qgen.quant.methods import build
 
+pytestmark = pytest.mark.numeric  # also run under every float path: make test-numerics
+
 
 @pytest.mark.asset
 def test_fp_le_w4_le_w2_on_smollm2(needs_assets):

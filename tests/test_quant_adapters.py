@@ -17,6 +17,8 @@ from qgen.quant.grid import WeightFormat
 from qgen.quant.methods import build
 from quant_util import calib_ids, layer_errors, quantized
 
+pytestmark = pytest.mark.numeric  # also run under every float path: make test-numerics
+
 SMALL = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
 
 

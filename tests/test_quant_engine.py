@@ -14,6 +14,8 @@ from qgen.quant.grid import WeightFormat
 from qgen.quant.methods import build
 from quant_util import calib_ids, layer_errors, quantized, tiny_llama
 
+pytestmark = pytest.mark.numeric  # also run under every float path: make test-numerics
+
 W3G128 = {"bits": 3, "group_size": 128}
 
 

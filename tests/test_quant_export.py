@@ -11,6 +11,8 @@ from qgen.errors import QgenError
 from qgen.quant.export import export_compressed_tensors
 from quant_util import calib_ids, quantized, tiny_llama
 
+pytestmark = pytest.mark.numeric  # also run under every float path: make test-numerics
+
 pytest.importorskip("compressed_tensors")
 
 

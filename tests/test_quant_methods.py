@@ -11,7 +11,9 @@ from qgen.quant.activations import ActFormat
 from qgen.quant.grid import WeightFormat, grid_of
 from qgen.quant.hessian import inverse_factor
 from qgen.quant.methods import build
-from quant_util import calib_ids, layer_errors, quantized, tiny_llama
+from quant_util import RECOMPUTE_SLACK, calib_ids, layer_errors, quantized, subset_errors, tiny_llama
+
+pytestmark = pytest.mark.numeric  # also run under every float path: make test-numerics
 
 W3G128 = {"bits": 3, "group_size": 128}  # tiny-llama's 192-wide inputs: groups of 128 and a short one of 64
 AWQ = ("awq", {"token_stride": 1})
@@ -41,17 +43,50 @@ def test_gptq_beats_rtn_on_every_layer(errors, method):
     assert sum(errors[method].values()) < 0.8 * sum(errors["rtn"].values())
 
 
-def test_awq_beats_rtn_on_every_subset(setup, errors):
-    # AWQ minimises each subset's joint output error (q, k and v together), so that is the unit compared; a
-    # single layer of a subset may give back a little to its neighbours.
-    model, _ = setup
-    adapter = adapter_for("llama")
-    for i in range(model.config.num_hidden_layers):
-        for subset in adapter.subsets:
-            paths = [f"model.layers.{i}.{p}" for p in subset.linears]
-            awq, rtn = (sum(errors[m][p] for p in paths) for m in ("awq", "rtn"))
-            assert awq <= rtn, (paths, awq, rtn)
-            assert all(errors["awq"][p] <= 1.02 * errors["rtn"][p] for p in paths)
+# AWQ's guarantees, asserted where they hold on every float path. Its scale search tries α = 0 (s = 1, which is
+# round-to-nearest exactly) among its candidates and keeps the α of least joint output error of the subset on the
+# tokens it searched; its clipping search tries "no clipping" (i = 0) per row and group and keeps the least
+# error. A single layer of a subset, or the sum of per-layer relative errors, is not what it minimises, so neither
+# is asserted per layer. RECOMPUTE_SLACK (quant_util) covers recomputing those errors here.
+
+
+@pytest.mark.parametrize("outliers", [False, True])
+def test_awq_scale_search_never_loses_to_rtn_on_its_objective(setup, outliers):
+    model, ids = setup
+    model = _with_activation_outliers() if outliers else model
+    q, _ = quantized(model, [("awq", {"token_stride": 1, "clip": False})], ids=ids, **W3G128)
+    errs = subset_errors(model, q, ids, WeightFormat(3, 128))
+    for key, (awq, rtn) in errs.items():
+        assert awq <= (1 + RECOMPUTE_SLACK) * rtn, (key, awq, rtn)
+    if outliers:  # input channels 40x larger: scaling them pays, on every subset behind a norm
+        for (i, name), (awq, rtn) in errs.items():
+            if name in ("q_proj+k_proj+v_proj", "gate_proj+up_proj"):
+                assert awq < 0.9 * rtn, (i, name, awq, rtn)
+
+
+def test_awq_clip_search_never_loses_to_rtn_per_row_and_group():
+    from qgen.quant.grid import quantize_weight
+    from qgen.quant.methods.awq import AWQ
+
+    g = torch.Generator().manual_seed(0)
+    fmt = WeightFormat(3, 64)
+    linear = torch.nn.Linear(160, 24, bias=False)  # groups of 64, 64 and a short one of 32
+    w = torch.randn(24, 160, generator=g) * (1 + 4 * (torch.rand(24, 160, generator=g) > 0.97))  # a few outliers
+    linear.weight.data.copy_(w)
+    x = torch.randn(300, 160, generator=g)
+    shrink = AWQ(fmt, ActFormat()).clip_weight(linear, x)
+    clipped = quantize_weight(linear.weight.data, fmt)[0]
+    plain = quantize_weight(w, fmt)[0]
+    for s0, s1 in fmt.groups(160):
+        ref = w[:, s0:s1] @ x[:, s0:s1].t()
+        err_clip = ((clipped[:, s0:s1] @ x[:, s0:s1].t() - ref) ** 2).mean(1)
+        err_rtn = ((plain[:, s0:s1] @ x[:, s0:s1].t() - ref) ** 2).mean(1)
+        assert torch.all(err_clip <= (1 + RECOMPUTE_SLACK) * err_rtn), (s0, err_clip, err_rtn)
+    assert 0 < shrink < 0.5  # some rows were clipped, none beyond max_shrink
+
+
+def test_awq_beats_rtn_over_the_model(errors):
+    assert sum(errors["awq"].values()) < 0.9 * sum(errors["rtn"].values())
 
 
 def test_spqr_beats_gptq_on_every_layer(errors):
