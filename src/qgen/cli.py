@@ -4,7 +4,7 @@
   qgen datasets [--json]             the dataset registry and what is available on this machine
   qgen prepare NAME.. [--from DIR]   prepare hub-only datasets (c4, wiki, boss_sa, …) from the hub or a copy
   qgen results DIR [DIR ...]         a table of the results.json files under output dirs
-  qgen cache list|clear [--kind K]   the content-addressed caches (calibration, quantized, eval)
+  qgen cache list|clear [--kind K]   the content-addressed caches (calibration, quantized, eval, reference)
   qgen report [DIR ...] [--out report] [--scenario s1 s2 s3 ablation]   tables and figures (qgen.analysis)
   qgen export JOB_DIR [--out DIR]    a finished job's quantized model as a compressed-tensors checkpoint
 """
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(fn=cmd_results)
     p = sub.add_parser("cache", help="list or clear the caches")
     p.add_argument("action", choices=["list", "clear"])
-    p.add_argument("--kind", choices=["calibration", "quantized", "eval"])
+    p.add_argument("--kind", choices=["calibration", "quantized", "eval", "reference"])
     p.set_defaults(fn=cmd_cache)
     p = sub.add_parser("export", help="write a finished job's quantized model as a low-bit checkpoint")
     p.add_argument("job_dir", help="the output folder of one completed job (holds results.json)")

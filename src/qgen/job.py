@@ -28,7 +28,7 @@ from qgen.validate import check_job
 
 log = logging.getLogger("qgen")
 
-STAGES = ("load_model", "calibration", "baseline_eval", "quantize", "evaluate")
+STAGES = ("load_model", "calibration", "reference", "baseline_eval", "quantize", "evaluate")
 
 
 def build_methods(cfg: DictConfig):
@@ -115,6 +115,8 @@ class Job:
 
     def __init__(self, cfg: DictConfig, out_dir: Path):
         from qgen.cache import Cache
+        from qgen.evaluate.divergence import DivergenceSettings
+        from qgen.evaluate.dtype import resolve_eval_dtype
         from qgen.models.load import resolve_device
 
         self.cfg = cfg
@@ -123,7 +125,11 @@ class Job:
         self.needs_calibration = any(m.needs_calibration for m in self.methods)
         self.device = resolve_device(cfg.runtime.device)
         self.use_cache = bool(cfg.get("cache", True))
-        self.caches = {kind: Cache(kind) for kind in ("calibration", "quantized", "eval")}
+        self.caches = {kind: Cache(kind) for kind in ("calibration", "quantized", "eval", "reference")}
+        # the dtype both models are scored in (quantizing stays in the model's dtype); KL references per dataset
+        self.eval_dtype = resolve_eval_dtype(cfg.runtime.get("eval_dtype"), self.device, cfg.model.dtype)
+        self.divergence = DivergenceSettings.from_suite(cfg.eval_suite)
+        self.references: dict[str, tuple[dict, str]] = {}
         self.record = JobRecord(out_dir, cfg)
         self.record.data["cache"] = {}
 
@@ -171,7 +177,8 @@ class Job:
         self.model, self.tokenizer = model, tokenizer
         self.model_id = model_identity(self.cfg, info)
         self.record.data["model_info"] = {**info, "model_type": model.config.model_type, "device": str(self.device),
-                                          "parameters": sum(p.numel() for p in model.parameters())}
+                                          "parameters": sum(p.numel() for p in model.parameters()),
+                                          "eval_dtype": self.eval_dtype}
         if self.cfg.get("export"):  # the layer widths are known now: refuse an unexportable layout before quantizing
             from qgen.quant.export import check_export_widths
 
@@ -208,16 +215,52 @@ class Job:
             self.record.data["eval_data"] = prepared_sha256(suite_datasets(self.cfg.eval_suite), "eval")
         return self.record.data["eval_data"]
 
+    def scoring_dtype(self):
+        """The model's parameters in the eval dtype while it is scored (restored afterwards, bit for bit)."""
+        from qgen.evaluate.dtype import parameters_as
+        from qgen.models.load import resolve_dtype
+
+        return parameters_as(self.model, resolve_dtype(self.eval_dtype))
+
+    def reference(self) -> dict[str, tuple[dict, str]]:
+        """The FP model's side of the divergence metrics, per dataset: cached per (model, tokenizer, dataset eval
+        part, protocol, eval dtype), so every job of the same model reuses it whatever it quantizes."""
+        from qgen.evaluate import divergence
+
+        settings = self.divergence
+        log.info("[reference] FP distributions on %s (%s)", ", ".join(settings.datasets), settings.protocol)
+        data = prepared_sha256(settings.datasets, "eval")
+        out = {}
+        for dataset in settings.datasets:
+            identity = {"model": self.model_id, "tokenizer": tokenizer_identity(self.tokenizer), "dataset": dataset,
+                        "data": data[dataset], **settings.identity(), "eval_dtype": self.eval_dtype}
+
+            def build(folder, dataset=dataset):
+                ids = divergence.windows(self.tokenizer, dataset, settings)
+                with self.scoring_dtype():
+                    ref = divergence.fp_reference(self.model.to(self.device), ids, settings, self.device)
+                torch.save(ref, folder / "reference.pt")
+                return ref, {"dataset": dataset, "windows": int(ids.shape[0]), "protocol": settings.protocol}
+
+            def restore(hit):
+                return torch.load(hit.folder / "reference.pt")
+
+            out[dataset] = self.cached("reference", f"reference/{dataset}", identity, build, restore)
+        return out
+
     def evaluate(self, weights_key: dict, samples_name: str) -> dict:
-        """Score the model as it is now; the cache key is the identity of its weights."""
+        """Score the model as it is now, in the eval dtype; the cache key is the identity of its weights, the eval
+        dtype and the FP references the divergence metrics are measured against."""
         from qgen.evaluate.suite import evaluate
 
         identity = {"weights": weights_key, "suite": _plain(self.cfg.eval_suite), "seed": self.cfg.seed,
-                    "lm_eval": self.record.data["env"]["packages"].get("lm_eval"), "data": self.eval_data()}
+                    "lm_eval": self.record.data["env"]["packages"].get("lm_eval"), "data": self.eval_data(),
+                    "eval_dtype": self.eval_dtype, "references": {d: key for d, (_, key) in self.references.items()}}
 
         def build(folder):
-            metrics = evaluate(self.model, self.tokenizer, self.cfg.eval_suite, self.device, self.cfg.seed,
-                               folder / "samples.jsonl")
+            with self.scoring_dtype():
+                metrics = evaluate(self.model, self.tokenizer, self.cfg.eval_suite, self.device, self.cfg.seed,
+                                   folder / "samples.jsonl", {d: ref for d, (ref, _) in self.references.items()})
             (folder / "metrics.json").write_text(json.dumps(metrics))
             if (folder / "samples.jsonl").exists():
                 shutil.copyfile(folder / "samples.jsonl", self.out_dir / samples_name)
@@ -231,6 +274,14 @@ class Job:
         stage = "baseline_eval" if samples_name.startswith("baseline") else "evaluate"
         metrics, _ = self.cached("eval", stage, identity, build, restore)
         return metrics
+
+    def add_flips(self) -> None:
+        """Answer flips against the in-job FP baseline for every multiple-choice task (qgen.evaluate.flips)."""
+        from qgen.evaluate.flips import job_flip_metrics
+
+        flips = job_flip_metrics(self.out_dir, int(self.cfg.eval_suite.get("bootstrap_iters", 1000)), self.cfg.seed)
+        for task, values in flips.items():
+            self.record.data["metrics"].setdefault(task, {}).update(values)
 
     def quantize(self, calib_key: str | None) -> dict:
         from qgen.quant.checkpoint import restore_blocks, save_blocks
@@ -276,6 +327,9 @@ class Job:
         else:
             self.record.data["calibration"] = {"used": False,
                                                "reason": f"quantizer {self.cfg.quantizer.name} is data-free"}
+        if self.divergence is not None:  # from the FP model, before anything is quantized
+            with self.stage("reference"):
+                self.references = self.reference()
         fp_key = {"fp": self.model_id}
         if self.cfg.baseline and self.methods:
             with self.stage("baseline_eval"):
@@ -288,6 +342,7 @@ class Job:
         with self.stage("evaluate"):
             log.info("[5/5 evaluate] %s", self.cfg.eval_suite.name)
             self.record.data["metrics"] = self.evaluate(weights_key, "samples.jsonl")
+            self.add_flips()
         if self.cfg.get("export"):  # after the evaluation is recorded: a failed export cannot cost it
             with self.stage("export"):
                 self.export(self.out_dir / "export")
@@ -323,10 +378,20 @@ def export_job(job_dir: Path, out: Path | None = None, fmt: str = "compressed-te
         return job.export(Path(out) if out else Path(job_dir) / "export")
 
 
+def check_scoring(cfg: DictConfig) -> None:
+    """runtime.eval_dtype and eval_suite.divergence, checked before anything loads (one-line QgenErrors)."""
+    from qgen.evaluate.divergence import check_divergence
+    from qgen.evaluate.dtype import check_eval_dtype
+
+    check_eval_dtype(cfg.runtime.get("eval_dtype", "auto"))
+    check_divergence(cfg.eval_suite)
+
+
 def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     """Run one job; raises QgenError for bad input (before anything loads) and re-raises any failure after
     recording it (status, stage reached, error, traceback.txt)."""
     check_job(cfg)
+    check_scoring(cfg)
     build_methods(cfg)  # unknown method settings fail here, before the model loads
     os.environ["QGEN_HOME"] = str(cfg.paths.qgen_home)
     previous = skip_if_done(cfg, out_dir)

@@ -1,21 +1,75 @@
 """Statistics behind every claim in the report: mean ± std across seeds, and a paired bootstrap over evaluation
-items for "configuration A beats configuration B".
+items for "configuration A beats configuration B", with the power of that comparison.
 
 The bootstrap resamples *items* (the same items scored under both configurations): with per-item scores a_i, b_i
 (each averaged over the seeds a configuration was run with), d_i = a_i - b_i, it draws `n_boot` resamples of the
 items with replacement and takes the percentile interval of the resampled mean differences. A difference is
 significant when that interval excludes 0. The p-value is the two-sided bootstrap p: twice the share of resampled
 means on the far side of 0 (capped at 1).
+
+Power. Every paired comparison also states its minimum detectable difference (MDE): the true mean difference its
+paired test would detect with 80 % power at two-sided α = 0.05, with z = z_{1-α/2} + z_{0.8} = 1.960 + 0.842 = 2.802:
+
+- binary per-item scores (every a_i, b_i is 0 or 1; d_i is -1, 0 or 1, McNemar's setting): with p_disc the observed
+  share of discordant items (a_i != b_i), MDE = max(z·sqrt(p_disc / n), z² / n). The first term is the usual
+  plug-in (Var d ≈ p_disc under no difference); the second is the floor that a true difference δ needs at least
+  δ·n discordant items, so that Var d ≥ δ - δ², which gives δ ≈ z²/n as the smallest detectable δ when few or no
+  items were discordant (without it, n identical answers would claim an MDE of 0);
+- any other scores (seed-averaged items, per-window KL): MDE = z·s_d / sqrt(n), s_d the standard deviation of the
+  paired differences (ddof = 1; NaN for a single item).
+
+A comparison's verdict is `different` when the CI excludes 0; `no difference` (an equivalence-style statement) when
+it does not and the CI excludes every difference at least as large as the MDE (-MDE < ci_low and ci_high < MDE);
+otherwise `too few items` to tell: a difference of the detectable size is still inside the CI.
+
+Answer flips (Dutta et al. 2024): for binary per-item scores of a reference (the FP model) and a candidate (the
+quantized model) on the same items, `flip_table` counts correct→wrong and wrong→correct items, their rates, and
+paired-bootstrap CIs of both rates (the same item resampling as above).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 from qgen.errors import QgenError
+
+POWER = 0.8
+DIFFERENT, NO_DIFFERENCE, TOO_FEW = "different", "no difference", "too few items"
+VERDICTS = (DIFFERENT, NO_DIFFERENCE, TOO_FEW)
+
+
+def z_power(alpha: float = 0.05, power: float = POWER) -> float:
+    """z_{1-alpha/2} + z_{power}: 2.802 for alpha 0.05 and 80 % power."""
+    return NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+
+
+def is_binary(*arrays) -> bool:
+    return all(np.isin(np.asarray(x, dtype=float), (0.0, 1.0)).all() for x in arrays)
+
+
+def min_detectable_difference(a, b, alpha: float = 0.05, power: float = POWER) -> dict:
+    """{mde, sd_diff, discordant} of the paired comparison of per-item scores a and b (formulas: module docstring)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d, n, z = a - b, len(a), z_power(alpha, power)
+    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    if n and is_binary(a, b):
+        disc = float(np.mean(a != b))
+        return {"mde": max(z * math.sqrt(disc / n), z * z / n), "sd_diff": sd, "discordant": disc}
+    return {"mde": z * sd / math.sqrt(n) if n > 1 else math.nan, "sd_diff": sd, "discordant": math.nan}
+
+
+def verdict(ci_low: float, ci_high: float, mde: float) -> str:
+    """different (CI excludes 0), no difference (CI inside ±MDE) or too few items (module docstring)."""
+    if ci_low > 0 or ci_high < 0:
+        return DIFFERENT
+    if not math.isnan(mde) and -mde < ci_low and ci_high < mde:
+        return NO_DIFFERENCE
+    return TOO_FEW
 
 
 @dataclass(frozen=True)
@@ -28,6 +82,10 @@ class PairedResult:
     ci_high: float
     p_value: float
     significant: bool
+    sd_diff: float = math.nan  # sd of the paired differences (ddof=1)
+    discordant: float = math.nan  # share of items scored differently (binary scores only, else NaN)
+    mde: float = math.nan  # minimum detectable difference at 80 % power, two-sided alpha (module docstring)
+    verdict: str = TOO_FEW
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,9 +110,53 @@ def paired_bootstrap(a, b, n_boot: int = 2000, alpha: float = 0.05, seed: int = 
         p = 1.0
     else:
         p = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+    power = min_detectable_difference(a, b, alpha)
     return PairedResult(n_items=len(d), mean_a=float(a.mean()), mean_b=float(b.mean()), diff=observed,
                         ci_low=float(low), ci_high=float(high), p_value=p,
-                        significant=bool(low > 0 or high < 0))
+                        significant=bool(low > 0 or high < 0), **power,
+                        verdict=verdict(float(low), float(high), power["mde"]))
+
+
+@dataclass(frozen=True)
+class FlipResult:
+    """Answer flips of a candidate against a reference on the same items (binary scores)."""
+    n_items: int
+    correct_to_wrong: int  # reference right, candidate wrong
+    wrong_to_correct: int  # reference wrong, candidate right
+    c2w_ci: tuple[float, float]  # paired-bootstrap CI of the correct->wrong rate
+    w2c_ci: tuple[float, float]
+    flip_ci: tuple[float, float]  # of the rate of either flip
+
+    @property
+    def c2w_rate(self) -> float:
+        return self.correct_to_wrong / self.n_items
+
+    @property
+    def w2c_rate(self) -> float:
+        return self.wrong_to_correct / self.n_items
+
+    @property
+    def flip_rate(self) -> float:
+        return (self.correct_to_wrong + self.wrong_to_correct) / self.n_items
+
+
+def flip_table(reference, candidate, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> FlipResult:
+    """Count the items whose binary score flips between reference and candidate, with bootstrap CIs of the rates
+    (each rate is the mean of a per-item flip indicator, resampled over items as in `paired_bootstrap`)."""
+    ref, cand = np.asarray(reference, dtype=float), np.asarray(candidate, dtype=float)
+    if ref.shape != cand.shape or ref.ndim != 1 or len(ref) == 0:
+        raise QgenError(f"flip counts need two equal-length, non-empty 1-D score arrays, got shapes {ref.shape} and "
+                        f"{cand.shape}")
+    if not is_binary(ref, cand):
+        raise QgenError("flip counts need binary per-item scores (0 or 1), e.g. acc of single-seed jobs")
+    c2w, w2c = (ref == 1) & (cand == 0), (ref == 0) & (cand == 1)
+    zero = np.zeros(len(ref))
+
+    def ci(indicator):
+        r = paired_bootstrap(indicator.astype(float), zero, n_boot, alpha, seed)
+        return (r.ci_low, r.ci_high)
+
+    return FlipResult(len(ref), int(c2w.sum()), int(w2c.sum()), ci(c2w), ci(w2c), ci(c2w | w2c))
 
 
 def item_scores(samples: pd.DataFrame, task: str, metric: str) -> pd.Series:
@@ -84,5 +186,10 @@ def seed_summary(values: pd.Series) -> dict:
             "n_seeds": len(v)}
 
 
+# Metrics where lower is better: perplexity, KL divergence to FP, answer flips against FP (any flip is a departure
+# from the FP model, wrong->correct ones included).
+LOWER_IS_BETTER_PREFIXES = ("ppl", "kl_", "flip_")
+
+
 def higher_is_better(metric: str) -> bool:
-    return not str(metric).startswith("ppl")
+    return not str(metric).startswith(LOWER_IS_BETTER_PREFIXES)

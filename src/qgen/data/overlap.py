@@ -63,12 +63,13 @@ def check_disjoint(calib_datasets: list[str], eval_datasets: list[str]) -> dict:
 
 
 def suite_datasets(suite) -> list[str]:
-    """The registered datasets an eval suite reads: its qgen lm-eval tasks and groups, and its perplexity
-    corpora (lm-eval built-in tasks read no local data and are skipped)."""
+    """The registered datasets an eval suite reads: its qgen lm-eval tasks and groups, its perplexity corpora and
+    its divergence datasets (lm-eval built-in tasks read no local data and are skipped)."""
     from qgen.data.registry import datasets_of_task
 
     names = [d for task in suite.get("tasks") or [] for d in datasets_of_task(str(task))]
     names += [str(entry.dataset) for entry in suite.get("perplexity") or []]
+    names += [str(d) for d in (suite.get("divergence") or {}).get("datasets") or []]
     return list(dict.fromkeys(names))
 
 

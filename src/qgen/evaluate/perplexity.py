@@ -19,9 +19,17 @@ def protocol_name(window: int) -> str:
     return f"ppl_nonoverlap_w{window}"
 
 
-@torch.no_grad()
-def perplexity(model, tokenizer, texts: list[str], window: int, device: torch.device, batch_size: int = 4,
-               max_windows: int | None = None) -> dict:
+def held_out_texts(dataset: str) -> list[str]:
+    """A registered dataset's evaluation part rendered as the model sees its text (the dataset's calib_text)."""
+    from qgen.data import registry
+
+    spec = registry.get(dataset)
+    return [registry.render(spec.calib_text, r) for r in registry.load_split(dataset, "eval")]
+
+
+def token_windows(tokenizer, texts: list[str], window: int, max_windows: int | None = None) -> torch.Tensor:
+    """The protocol's windows, [n, width]: the texts joined by blank lines, tokenized once, cut into consecutive
+    non-overlapping windows (a shorter tail dropped unless it is the only window), the first `max_windows` kept."""
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     if len(ids) < 2:
         raise ValueError("perplexity needs at least two tokens of text")
@@ -29,7 +37,14 @@ def perplexity(model, tokenizer, texts: list[str], window: int, device: torch.de
     if max_windows:
         n = min(n, max_windows)
     width = min(window, len(ids))
-    windows = ids[: n * width].view(n, width)
+    return ids[: n * width].view(n, width)
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], window: int, device: torch.device, batch_size: int = 4,
+               max_windows: int | None = None) -> dict:
+    windows = token_windows(tokenizer, texts, window, max_windows)
+    n, width = windows.shape
     nll, count = 0.0, 0
     for start in tqdm(range(0, n, batch_size), desc=f"perplexity w{window}", unit="batch", leave=False):
         batch = windows[start : start + batch_size].to(device)

@@ -1,5 +1,6 @@
 """Score a model on an eval suite: lm-eval tasks through `simple_evaluate(HFLM(<in-memory model>))`, then the
-suite's perplexity corpora. Returns {task: {metric: {"value", "stderr"}}} and writes per-item scores."""
+suite's perplexity corpora, then its divergence datasets (KL to the FP model, qgen.evaluate.divergence). Returns
+{task: {metric: {"value", "stderr"}}} and writes per-item scores."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from qgen.data import registry
-from qgen.evaluate.perplexity import perplexity, protocol_name
+from qgen.evaluate.divergence import run_divergence
+from qgen.evaluate.perplexity import held_out_texts, perplexity, protocol_name
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,7 @@ def run_lm_eval(model, tokenizer, suite, device: torch.device, seed: int, sample
 def run_perplexity(model, tokenizer, suite, device: torch.device) -> dict:
     metrics = {}
     for entry in suite.get("perplexity") or []:
-        rows = registry.load_split(entry.dataset, "eval")
-        spec = registry.get(entry.dataset)
-        texts = [registry.render(spec.calib_text, r) for r in rows]
+        texts = held_out_texts(entry.dataset)
         result = perplexity(model, tokenizer, texts, int(entry.window), device,
                             batch_size=int(suite.get("ppl_batch_size", 4)), max_windows=entry.get("max_windows"))
         metrics[f"ppl/{entry.dataset}"] = {
@@ -80,8 +79,15 @@ def run_perplexity(model, tokenizer, suite, device: torch.device) -> dict:
     return metrics
 
 
-def evaluate(model, tokenizer, suite, device: torch.device, seed: int, samples_path: Path | None = None) -> dict:
+def evaluate(model, tokenizer, suite, device: torch.device, seed: int, samples_path: Path | None = None,
+             references: dict | None = None) -> dict:
+    """lm-eval tasks, perplexity, and (with `references`, the FP side per dataset) the divergence metrics."""
     model.to(device)
     metrics = run_lm_eval(model, tokenizer, suite, device, seed, samples_path)
     metrics.update(run_perplexity(model, tokenizer, suite, device))
+    divergence, items = run_divergence(model, suite, references or {}, device)
+    metrics.update(divergence)
+    if samples_path is not None and items:
+        with open(samples_path, "a") as f:
+            f.writelines(json.dumps(item) + "\n" for item in items)
     return metrics

@@ -190,9 +190,15 @@ def tidy_results(*roots: str | Path, completed_only: bool = True) -> pd.DataFram
     return out[TIDY_COLUMNS].reset_index(drop=True)
 
 
+# Metrics the summary table shows besides `metrics`: perplexities, KL to FP and top-1 agreement (their names carry
+# the protocol) and the rate of answers flipped against FP.
+SUMMARY_PREFIXES = ("ppl_", "kl_mean_", "top1_agree_", "flip_rate")
+
+
 def summary_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("acc", "acc_norm")) -> pd.DataFrame:
-    """Wide table: one row per job (and FP baseline), one column per task/metric (acc and perplexities)."""
-    keep = df[df["metric"].isin(metrics) | df["metric"].str.startswith("ppl_")].copy()
+    """Wide table: one row per job (and FP baseline), one column per task/metric (acc, perplexities, mean KL to
+    FP, top-1 agreement, flip rate)."""
+    keep = df[df["metric"].isin(metrics) | df["metric"].str.startswith(SUMMARY_PREFIXES)].copy()
     if keep.empty:
         return keep
     keep["column"] = keep["task"].str.replace("qgen_", "", regex=False) + " " + keep["metric"]

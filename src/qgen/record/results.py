@@ -31,10 +31,25 @@ EXECUTION_KEYS = ("paths", "hydra", "resume", "cache", "runtime", "logger", "exp
 
 
 def identity_config(cfg: DictConfig) -> dict:
-    """The resolved config minus where and how it runs: what decides the job's results."""
+    """The resolved config minus where and how it runs: what decides the job's results.
+
+    Two exceptions keep earlier job ids where nothing changed: the dtype the models are scored in
+    (`runtime.eval_dtype`, resolved on this machine) joins the identity as `eval_dtype` only when it is not the
+    model's own dtype, and a switched-off divergence section (`eval_suite.divergence: null`, or no datasets) is
+    left out."""
+    from qgen.evaluate.dtype import job_eval_dtype
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in EXECUTION_KEYS:
         resolved.pop(key, None)
+    suite = resolved.get("eval_suite")
+    if isinstance(suite, dict) and "divergence" in suite and not (
+            isinstance(suite["divergence"], dict) and suite["divergence"].get("datasets")):
+        suite.pop("divergence")
+    if "model" in cfg and cfg.model.get("dtype"):
+        eval_dtype = job_eval_dtype(cfg)
+        if eval_dtype != cfg.model.dtype:
+            resolved["eval_dtype"] = eval_dtype
     return resolved
 
 
