@@ -24,13 +24,14 @@ def test_report_files(built):
     _, out = built
     s2 = (out / "s2.md").read_text()
     assert "Input: 6 jobs: eval suites matching 's2_*'" in s2
-    assert "| m | rtn | w4a16 | 128 / 512 | 2/2 | 0 | 1 / 0 | 2/2 | 1 | +0.4375 |" in s2
+    # metric, setting, wins, ties, significant, ID best, no difference / too few items, median MDE, gap
+    assert "| acc | m | rtn | w4a16 | 128 / 512 | 2/2 | 0 | 1 / 0 | 2/2 | 1 | 0 / 1 | 0.8258 | +0.4375 |" in s2
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert "s2_fam_m_acc_heatmap.png" in figs and "s1_radar_m.png" in figs
     for name in figs:
         assert (out / "figures" / name).stat().st_size > 5000  # a rendered image, not an empty file
         assert f"figures/{name}" in (out / ("s1.md" if name.startswith("s1") else "s2.md")).read_text()
-    for stem in ("s1_values", "s1_change", "s1_families", "s2_wins", "s2_claims"):
+    for stem in ("s1_values", "s1_change", "s1_families", "s1_power", "s2_wins", "s2_claims"):
         assert (out / "tables" / f"{stem}.md").exists() and (out / "tables" / f"{stem}.tex").exists()
         assert (out / "csv" / f"{stem}.csv").exists()
     csv = (out / "csv" / "s2_claims.csv").read_text().splitlines()
@@ -41,7 +42,7 @@ def test_s3_without_groups_uses_the_suites_tasks(tmp_path):
     root = write_fixture(tmp_path / "runs", suite="s3_subjects", groups=None)
     build(Options(roots=[str(root)], out_dir=tmp_path / "r", scenarios=("s3",), n_boot=200, figures=False))
     page = (tmp_path / "r" / "s3.md").read_text()
-    assert "subjects: ID —, members a, b" in page and "**0.625 ± 0.177**" in page
+    assert "subjects: ID —, members a, b" in page and "**0.625 ± 0.177 [n=4]**" in page
 
 
 def test_cli_errors_are_one_line(tmp_path, built):

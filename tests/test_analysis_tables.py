@@ -53,12 +53,20 @@ def test_s1_changes_and_significance(frame):
     assert not q.loc[("a", "qgen_a"), "significant"]
     assert not q.loc[("a", "ppl/wiki"), "tested"]  # no per-item scores for perplexity
     names = [t.name for t in tables]
-    assert names == ["s1_values", "s1_change", "s1_families"]
+    assert names == ["s1_values", "s1_change", "s1_families", "s1_power"]
+    # power: task b has 8 items; calib a flips 4 of them (different), calib b none (the floor z^2/n = 0.981)
+    z2 = (1.959964 + 0.841621) ** 2
+    assert q.loc[("a", "qgen_b"), "items"] == 8 and q.loc[("a", "qgen_b"), "verdict"] == "different"
+    assert q.loc[("b", "qgen_b"), "mde"] == pytest.approx(z2 / 8, abs=1e-4)
+    assert q.loc[("b", "qgen_b"), "verdict"] == "no difference"
+    power = tables[3].data.set_index(["calib", "task"])
+    assert power.loc[("a", "qgen_b"), "mde"] == pytest.approx(z2 / 8, abs=1e-4)  # 2.80 sqrt(0.5/8) = 0.70 < floor
     fam = tables[2].data.set_index(["calib", "family"])
     assert fam.loc[("a", "fam"), "delta"] == pytest.approx((-0.125 - 0.5) / 2)
     assert fam.loc[("a", "fam"), "rel"] == pytest.approx(100 * (-0.3125) / ((0.75 + 0.5) / 2))  # of the FP mean
     md = tables[1].markdown()
-    assert "-0.500 ± 0.000 (-100.0%)\\*" in md and "+3.000 ± 1.414 (+30.0%)" in md
+    assert "-0.500 ± 0.000 (-100.0%) [n=8]\\*" in md and "+3.000 ± 1.414 (+30.0%) [n=1000]" in md
+    assert "0.625 ± 0.177 [n=4]" in tables[0].markdown()
 
 
 def test_family_means_count_a_group_once():
@@ -92,8 +100,12 @@ def test_s2_matrix_win_count_and_gap(frame):
     assert wins["mean_gap_to_best_ood"] == pytest.approx(0.4375)
     t = matrix.matrix_table(m, "s2_fam")
     md, tex = t.markdown(), t.latex()
-    assert "**0.625 ± 0.177**" in md and "**0.500 ± 0.000**\\*" in md and "| a (ID) | b |" in md
-    assert r"\textbf{0.500 $\pm$ 0.000}$^{*}$" in tex and r"\toprule" in tex
+    assert "**0.625 ± 0.177 [n=4]**" in md and "**0.500 ± 0.000 [n=8]**\\*" in md and "| a (ID) | b |" in md
+    assert r"\textbf{0.500 $\pm$ 0.000 [n=8]}$^{*}$" in tex and r"\toprule" in tex
+    # power: ID-vs-OOD on b pairs 8 items, 4 of them discordant (calib a: all wrong; calib b: FP's answers)
+    assert claims.loc["b", "n_items"] == 8 and claims.loc["b", "verdict"] == "different"
+    assert claims.loc["b", "mde"] == pytest.approx((1.959964 + 0.841621) ** 2 / 8, abs=1e-4)
+    assert wins["verdict_different"] == 1 and wins["metric"] == "acc"
     data = t.data.set_index(["calib", "test"])
     assert data.loc[("a", "a"), "in_distribution_cell"] and not data.loc[("a", "b"), "in_distribution_cell"]
     assert data.loc[("b", "b"), "significant_vs_best_ood"]

@@ -151,6 +151,8 @@ def test_minimum_detectable_difference():
     assert verdict(0.01, 0.03, 0.05) == DIFFERENT
     assert verdict(-0.01, 0.02, 0.05) == NO_DIFFERENCE
     assert verdict(-0.01, 0.08, 0.05) == TOO_FEW
+    assert verdict(0.0, 0.0, 1.2, max_difference=1.0) == TOO_FEW  # 5 identical binary items prove nothing
+    assert paired_bootstrap([1, 0, 1, 1, 0], [1, 0, 1, 1, 0]).verdict == TOO_FEW
     r = paired_bootstrap(a, b, n_boot=500)
     assert r.mde == pytest.approx(m["mde"]) and r.verdict in (DIFFERENT, NO_DIFFERENCE, TOO_FEW)
 
@@ -241,3 +243,69 @@ def test_bad_divergence_config_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "qgen: error: eval_suite.divergence.top_k=0 is not allowed: use an integer >= 1 or null")
+
+
+# -- analysis: KL and flip matrices from hand-written jobs ----------------------------------------------------------
+KL = "kl_mean_nonoverlap_w8_top4"
+AGREE = "top1_agree_nonoverlap_w8"
+
+
+def _write_job(root, name, calib, kl_windows, acc, fp_acc):
+    """An RTN job calibrated on `calib`: per-window KL on the held-out text of a and b, acc on task a, its FP
+    baseline's acc, and the job's flip metrics as qgen.evaluate.flips would record them."""
+    d = root / name
+    d.mkdir(parents=True)
+    flips = sum(x != y for x, y in zip(acc, fp_acc))
+    metrics = {"qgen_a": {"acc": {"value": float(np.mean(acc)), "stderr": 0.1}, "n_items": {"value": 4},
+                          "flip_rate": {"value": flips / 4}, "flip_items": {"value": 4}}}
+    for test, windows in kl_windows.items():
+        metrics[f"kl/{test}"] = {KL: {"value": float(np.mean(windows))}, AGREE: {"value": 0.9},
+                                 "n_items": {"value": len(windows)}, "tokens": {"value": 7 * len(windows)}}
+    baseline = {"qgen_a": {"acc": {"value": float(np.mean(fp_acc))}, "n_items": {"value": 4}},
+                **{f"kl/{t}": {KL: {"value": 0.0}, AGREE: {"value": 1.0}} for t in kl_windows}}
+    config = {"model": {"name": "m"}, "quantizer": {"name": "rtn"}, "bits": {"name": "w3a16"},
+              "calib": {"dataset": calib, "n_samples": 8, "seq_len": 8},
+              "eval_suite": {"name": "s2_kl", "limit": None, "groups": {"f": {"in_distribution": "a",
+                                                                              "members": ["a", "b"]}}}, "seed": 1}
+    (d / "results.json").write_text(json.dumps({"job_id": name, "status": "completed", "config": config, "seed": 1,
+                                                "metrics": metrics, "baseline": {"metrics": baseline}}))
+    rows = [{"task": "qgen_a", "doc_id": i, "acc": v} for i, v in enumerate(acc)]
+    rows += [{"task": f"kl/{t}", "doc_id": i, KL: v, AGREE: 0.9}
+             for t, w in kl_windows.items() for i, v in enumerate(w)]
+    (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "baseline_samples.jsonl").write_text("".join(
+        json.dumps({"task": "qgen_a", "doc_id": i, "acc": v}) + "\n" for i, v in enumerate(fp_acc)))
+
+
+def test_kl_and_flip_matrices(tmp_path):
+    from qgen.analysis import matrix, report
+    from qgen.analysis.tidy import Samples, load
+
+    fp_acc = [1, 1, 0, 0]
+    _write_job(tmp_path, "calib_a", "a", {"a": [0.1] * 4, "b": [0.3] * 4}, [1, 1, 0, 0], fp_acc)
+    _write_job(tmp_path, "calib_b", "b", {"a": [0.2] * 4, "b": [0.2] * 4}, [0, 1, 1, 0], fp_acc)
+    groups = {"f": {"in_distribution": "a", "members": ["a", "b"]}}
+    df = load([tmp_path], groups=groups)
+    mats = {m.metric: m for m in matrix.build(df, groups)}
+    assert set(mats) == {"acc", "flip_rate", KL, AGREE}
+    kl = mats[KL]
+    assert not kl.higher_better and kl.tasks == {"a": "kl/a", "b": "kl/b"}
+    assert kl.mean.loc["a", "a"] == pytest.approx(0.1) and kl.mean.loc["a", "b"] == pytest.approx(0.3)
+    assert kl.n_items.loc["b", "a"] == 4 and kl.fp["a"] == 0.0
+    claims = matrix.comparisons(kl, Samples(), n_boot=500, alpha=0.05).set_index("test")
+    # lower KL is better: ID a (0.1) beats OOD b (0.2) on a by 0.1; ID b (0.2) beats OOD a (0.3) on b by 0.1
+    assert claims.loc["a", "gap"] == pytest.approx(0.1) and claims.loc["b", "gap"] == pytest.approx(0.1)
+    assert claims.loc["a", "ci_low"] == pytest.approx(0.1) and claims.loc["a", "significant"]
+    assert claims.loc["a", "n_items"] == 4 and claims.loc["a", "verdict"] == "different"
+    flips = mats["flip_rate"]
+    assert not flips.higher_better and list(flips.mean.columns) == ["a"]
+    assert flips.mean.loc["a", "a"] == 0.0 and flips.mean.loc["b", "a"] == 0.5 and flips.n_items.loc["b", "a"] == 4
+    fc = matrix.comparisons(flips, Samples(), n_boot=500, alpha=0.05).set_index("test")
+    assert fc.loc["a", "gap"] == pytest.approx(0.5) and fc.loc["a", "n_items"] == 4  # per-item flips from samples
+    md = matrix.matrix_table(kl, "kl").markdown()
+    assert "**0.1000 ± " not in md and "**0.1000 [n=4]**\\*" in md  # one seed: no std
+    out = tmp_path / "report"
+    written = report.build(report.Options([str(tmp_path)], out_dir=out, scenarios=("s2",)))
+    page = (out / "s2.md").read_text()
+    assert "kl_mean_nonoverlap_w8_top4" in page and "flip_rate" in page and "MDE" in page
+    assert any(p.name.endswith(f"{KL}_heatmap.png") for p in written)

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from qgen.analysis.matrix import Matrix
+from qgen.analysis.tables import digits_for
 from qgen.analysis.tidy import FP_LABEL
 
 DPI = 130
@@ -34,6 +35,15 @@ def _wrap(label: str, width: int = 16) -> str:
         return label
     cut = max(label.rfind(sep, 0, width) for sep in "/-_") + 1 or width
     return label[:cut] + "\n" + _wrap(label[cut:], width)
+
+
+def _items_note(m: Matrix) -> str:
+    """The items behind the panel's cells: one number when every cell has the same, else the range."""
+    counts = [] if m.n_items is None else [v for v in m.n_items.to_numpy(dtype=float).ravel() if np.isfinite(v)]
+    if not counts:
+        return ""
+    low, high = min(counts), max(counts)
+    return f"\nn_items={low:g}" if low == high else f"\nn_items={low:g}–{high:g}"
 
 
 def heatmaps(matrices: list[Matrix], path: Path, title: str) -> Path:
@@ -60,8 +70,8 @@ def heatmaps(matrices: list[Matrix], path: Path, title: str) -> Path:
                 if not np.isfinite(v):
                     ax.text(j, i, "–", ha="center", va="center", fontsize=9, color="gray")
                     continue
-                std = m.std.loc[calib, test]
-                text = f"{v:.3f}" + ("" if not np.isfinite(std) else f"\n±{std:.3f}")
+                std, d = m.std.loc[calib, test], digits_for(m.metric)
+                text = f"{v:.{d}f}" + ("" if not np.isfinite(std) else f"\n±{std:.{d}f}")
                 if (calib, test) in m.sig:
                     text += " *"
                 rgba = im.cmap(norm(v))
@@ -76,7 +86,8 @@ def heatmaps(matrices: list[Matrix], path: Path, title: str) -> Path:
         ax.set_xlabel("test set", fontsize=8)
         ax.set_ylabel("calibration set", fontsize=8)
         s = m.setting
-        ax.set_title(f"{s['quantizer']} {s['bits']} (n={s['n_samples']}, len={s['seq_len']})", fontsize=9)
+        ax.set_title(f"{s['quantizer']} {s['bits']} (n={s['n_samples']}, len={s['seq_len']}){_items_note(m)}",
+                     fontsize=9)
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         cb.set_label(m.metric, fontsize=8)
         cb.ax.tick_params(labelsize=7)

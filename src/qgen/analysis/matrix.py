@@ -4,19 +4,25 @@ categories): rows are calibration sets, columns test sets, a cell is the primary
 A cell is in-distribution (ID) when the calibration set is the test set. For every test column that has an ID row
 and at least one out-of-distribution (OOD) row, the ID cell is compared with each OOD cell by a paired bootstrap
 over the test items (the research's win count: how often ID calibration wins) and with the best OOD cell (the
-ID − best-OOD gap; positive means ID calibration is better, for perplexity too).
+ID − best-OOD gap; positive means ID calibration is better, for perplexity, KL and flips too).
+
+A family gets one matrix per kind of task and metric: the lm-eval score (acc, …) and the answer-flip rate against
+FP (`flip_rate`) of its `qgen_` tasks, the perplexity of its `ppl/` tasks, and the mean KL to FP and the top-1
+agreement of its `kl/` tasks. Every cell states its n_items (windows for KL, tokens for perplexity), every
+comparison its minimum detectable difference and verdict (qgen.analysis.stats).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
-from qgen.analysis.stats import compare_items, higher_is_better, seed_summary
-from qgen.analysis.tables import Cell, Table
-from qgen.analysis.tidy import FP_LABEL, PPL_PREFIX, TASK_PREFIX, Samples
+from qgen.analysis.s1 import item_counts, mean_count
+from qgen.analysis.stats import VERDICTS, compare_items, higher_is_better, result_fields, seed_summary
+from qgen.analysis.tables import Cell, Table, ci_text, digits_for, mde_text, verdict_marks
+from qgen.analysis.tidy import FP_LABEL, KL_PREFIX, PPL_PREFIX, TASK_PREFIX, Samples
 from qgen.errors import QgenError
 
 SETTING_KEYS = ["model", "quantizer", "bits", "n_samples", "seq_len", "suite", "limit"]
@@ -34,6 +40,8 @@ class Matrix:
     fp: pd.Series  # test -> FP value
     dirs: dict  # (calib, test) -> job dirs
     sig: set  # (calib, test) cells whose ID-vs-best-OOD comparison is significant
+    tasks: dict = field(default_factory=dict)  # test -> the task its column scores
+    n_items: pd.DataFrame | None = None  # calib × test: items behind each cell (mean over seeds)
 
     @property
     def title(self) -> str:
@@ -46,20 +54,27 @@ class Matrix:
         return higher_is_better(self.metric)
 
 
-def member_task(dataset: str, tasks: set[str]) -> str | None:
-    for task in (f"{TASK_PREFIX}{dataset}", f"{PPL_PREFIX}{dataset}", dataset):
-        if task in tasks:
-            return task
-    return None
+# Matrix metrics besides each task's primary one: answer flips against FP, top-1 agreement with FP.
+EXTRA_METRICS = ("flip_rate", "top1_agree_")
+
+
+def member_task(dataset: str, tasks: set[str], kind: str = "score") -> str | None:
+    """The task a family member's column reads, per kind: `score` (lm-eval, or a task named by the dataset),
+    `ppl` or `kl`."""
+    names = {"score": (f"{TASK_PREFIX}{dataset}", dataset), "ppl": (f"{PPL_PREFIX}{dataset}",),
+             "kl": (f"{KL_PREFIX}{dataset}",)}[kind]
+    return next((t for t in names if t in tasks), None)
 
 
 def build(df: pd.DataFrame, groups: dict[str, dict]) -> list[Matrix]:
-    """One matrix per (family, setting) with at least one calibration row."""
-    prim = df[df["primary"] & (df["quantizer"] != "none")]
+    """One matrix per (family, kind of task, setting, metric) with at least one calibration row."""
+    # flips count the items both models scored (flip_items); every other metric its task's n_items (or tokens)
+    counts, flip_counts = item_counts(df), item_counts(df, ("flip_items",))
+    prim = df[(df["primary"] | df["metric"].astype(str).str.startswith(EXTRA_METRICS)) & (df["quantizer"] != "none")]
     tasks = set(prim["task"])
     out = []
-    for family, spec in groups.items():
-        cols = {m: member_task(m, tasks) for m in spec["members"]}
+    for (family, spec), kind in ((f, k) for f in groups.items() for k in ("score", "ppl", "kl")):
+        cols = {m: member_task(m, tasks, kind) for m in spec["members"]}
         cols = {m: t for m, t in cols.items() if t}
         if not cols:
             continue
@@ -72,22 +87,26 @@ def build(df: pd.DataFrame, groups: dict[str, dict]) -> list[Matrix]:
                 if gm.empty:
                     continue
                 out.append(_matrix(family, dict(zip(SETTING_KEYS, setting)), spec, metric, gm,
-                                   [m for m in spec["members"] if m in cols]))
+                                   [m for m in spec["members"] if m in cols], cols,
+                                   flip_counts if metric.startswith("flip_") else counts))
     return out
 
 
-def _matrix(family, setting, spec, metric, g, members) -> Matrix:
+def _matrix(family, setting, spec, metric, g, members, cols, counts) -> Matrix:
     calibs = sorted(g["calib_dataset"].unique(), key=lambda c: (c not in members, members.index(c)
                                                                  if c in members else 0, c))
     mean = pd.DataFrame(math.nan, index=calibs, columns=members)
-    std, n = mean.copy(), mean.copy()
+    std, n, items = mean.copy(), mean.copy(), mean.copy()
     dirs = {}
+    count_task = {m: cols[m] for m in members}
     for (calib, test), cell in g.groupby(["calib_dataset", "test"]):
         s = seed_summary(cell["value"])
         mean.loc[calib, test], std.loc[calib, test], n.loc[calib, test] = s["mean"], s["std"], s["n_seeds"]
         dirs[(calib, test)] = tuple(sorted(cell["dir"]))
+        items.loc[calib, test] = mean_count(counts, cell["dir"], count_task[test])
     fp = g.groupby("test")["fp_value"].mean().reindex(members)
-    return Matrix(family, setting, spec.get("in_distribution"), metric, mean, std, n, fp, dirs, set())
+    return Matrix(family, setting, spec.get("in_distribution"), metric, mean, std, n, fp, dirs, set(),
+                  tasks=count_task, n_items=items)
 
 
 def comparisons(m: Matrix, samples: Samples, n_boot: int, alpha: float) -> pd.DataFrame:
@@ -101,29 +120,23 @@ def comparisons(m: Matrix, samples: Samples, n_boot: int, alpha: float) -> pd.Da
         if not oods:
             continue
         best = max(oods, key=lambda c: sign * m.mean.loc[c, test])
-        task = _task_of(m, test)
+        task = m.tasks[test]
         for calib in oods:
             res = None
-            if not task.startswith(PPL_PREFIX):
+            if not task.startswith(PPL_PREFIX):  # perplexity has no per-item scores
                 res = compare_items(samples(m.dirs[(test, test)]), samples(m.dirs[(calib, test)]), task, m.metric,
                                     n_boot, alpha)
             gap = sign * (m.mean.loc[test, test] - m.mean.loc[calib, test])
-            low, high = (math.nan, math.nan) if res is None else (
-                (res.ci_low, res.ci_high) if sign > 0 else (-res.ci_high, -res.ci_low))
+            fields = result_fields(res)
+            if sign < 0:  # the CI of the gap, in the "ID is better" direction
+                fields["ci_low"], fields["ci_high"] = -fields["ci_high"], -fields["ci_low"]
             rows.append({**m.setting, "family": m.family, "metric": m.metric, "test": test, "id_calib": test,
                          "ood_calib": calib, "best_ood": calib == best, "id_value": m.mean.loc[test, test],
                          "ood_value": m.mean.loc[calib, test], "gap": gap,
-                         "outcome": "win" if gap > 0 else "tie" if gap == 0 else "loss",
-                         "ci_low": low, "ci_high": high,
-                         "p_value": res.p_value if res else math.nan, "n_items": res.n_items if res else math.nan,
-                         "significant": bool(res.significant) if res else False, "tested": res is not None})
+                         "outcome": "win" if gap > 0 else "tie" if gap == 0 else "loss", **fields})
             if calib == best and res is not None and res.significant:
                 m.sig.add((test, test))
     return pd.DataFrame(rows)
-
-
-def _task_of(m: Matrix, test: str) -> str:
-    return f"{PPL_PREFIX}{test}" if m.metric.startswith("ppl") else f"{TASK_PREFIX}{test}"
 
 
 def matrix_table(m: Matrix, name: str) -> Table:
@@ -136,11 +149,14 @@ def matrix_table(m: Matrix, name: str) -> Table:
                 marks.add("id")
                 if (calib, test) in m.sig:
                     marks.add("sig")
-            row[_col(test, m)] = Cell(m.mean.loc[calib, test], m.std.loc[calib, test], marks=frozenset(marks))
+            row[_col(test, m)] = Cell(m.mean.loc[calib, test], m.std.loc[calib, test], marks=frozenset(marks),
+                                      digits=digits_for(m.metric), n=_items(m, calib, test))
         rows.append(row)
-    rows.append({"Calibration": f"{FP_LABEL} (reference)", **{_col(t, m): Cell(m.fp[t]) for t in m.mean.columns}})
+    rows.append({"Calibration": f"{FP_LABEL} (reference)",
+                 **{_col(t, m): Cell(m.fp[t], digits=digits_for(m.metric)) for t in m.mean.columns}})
     data = (m.mean.stack().rename("mean").to_frame().join(m.std.stack().rename("std"))
             .join(m.n_seeds.stack().rename("n_seeds")).reset_index(names=["calib", "test"]))
+    data["n_items"] = [_items(m, c, t) for c, t in zip(data["calib"], data["test"])]
     data["in_distribution_cell"] = data["calib"] == data["test"]
     data["significant_vs_best_ood"] = [(c, t) in m.sig for c, t in zip(data["calib"], data["test"])]
     for k, v in m.setting.items():
@@ -149,10 +165,21 @@ def matrix_table(m: Matrix, name: str) -> Table:
     notes = [(f"Metric: {m.metric} ({'higher' if m.higher_better else 'lower'} is better); rows: calibration set, "
               "columns: test set."),
              ("**Bold**: in-distribution cell (calibration set = test set); *: it differs significantly from the "
-              "best out-of-distribution calibration on that test set (paired bootstrap over items, 95% CI).")]
+              "best out-of-distribution calibration on that test set (paired bootstrap over items, 95% CI). "
+              f"[n=…]: {_unit(m)} behind the cell (mean over seeds).")]
     if m.in_distribution:
         notes.append(f"The family's in-distribution member: {m.in_distribution} (marked ID in the header).")
     return Table(name, f"Calibration × test — {m.title}", pd.DataFrame(rows).fillna("–"), data, notes)
+
+
+def _items(m: Matrix, calib: str, test: str) -> float:
+    return math.nan if m.n_items is None else m.n_items.loc[calib, test]
+
+
+def _unit(m: Matrix) -> str:
+    kinds = {t.split("/")[0] for t in m.tasks.values() if "/" in t}
+    return "tokens" if kinds == {"ppl"} else "windows of held-out text" if kinds == {"kl"} else (
+        "items both models scored" if m.metric.startswith("flip_") else "items")
 
 
 def _col(test: str, m: Matrix) -> str:
@@ -164,10 +191,13 @@ def win_table(claims: pd.DataFrame, name: str, title: str) -> Table:
     if claims.empty:
         raise QgenError("no test set has both an in-distribution and an out-of-distribution calibration row; "
                         "calibrate on at least one member of a group and on one other set")
-    keys = ["model", "quantizer", "bits", "n_samples", "seq_len"]
+    keys = ["metric", "model", "quantizer", "bits", "n_samples", "seq_len"]
     rows, data = [], []
-    parts = [(dict(zip(keys, k)), g) for k, g in claims.groupby(keys, sort=True)]
-    parts.append(({"model": "all", "quantizer": "all", "bits": "all", "n_samples": "", "seq_len": ""}, claims))
+    parts = []
+    for metric, per_metric in claims.groupby("metric", sort=True):  # a count never mixes metrics
+        parts += [(dict(zip(keys, k)), g) for k, g in per_metric.groupby(keys, sort=True)]
+        parts.append(({"metric": metric, "model": "all", "quantizer": "all", "bits": "all", "n_samples": "",
+                       "seq_len": ""}, per_metric))
     for head, g in parts:
         best = g[g["best_ood"]]
         stats = {"pairs": len(g), "id_wins": int((g["outcome"] == "win").sum()),
@@ -176,30 +206,41 @@ def win_table(claims: pd.DataFrame, name: str, title: str) -> Table:
                  "significant_losses": int((g["significant"] & (g["outcome"] == "loss")).sum()),
                  "tests": len(best), "id_best": int((best["gap"] > 0).sum()),
                  "id_best_significant": int((best["significant"] & (best["gap"] > 0)).sum()),
+                 **{f"verdict_{v.replace(' ', '_')}": int((g["verdict"] == v).sum()) for v in VERDICTS},
+                 "median_mde": float(g["mde"].median()) if g["mde"].notna().any() else math.nan,
                  "mean_gap_to_best_ood": float(best["gap"].mean())}
         data.append({**head, **stats})
-        rows.append({"Model": head["model"], "Method": head["quantizer"], "Bits": head["bits"],
+        rows.append({"Metric": head["metric"], "Model": head["model"], "Method": head["quantizer"],
+                     "Bits": head["bits"],
                      "n / len": f"{head['n_samples']} / {head['seq_len']}" if head["n_samples"] != "" else "all",
                      "ID wins (pairs)": f"{stats['id_wins']}/{stats['pairs']}",
                      "ties": stats["ties"],
                      "significant wins / losses": f"{stats['significant_wins']} / {stats['significant_losses']}",
                      "ID best (test sets)": f"{stats['id_best']}/{stats['tests']}",
                      "…significantly": stats["id_best_significant"],
+                     "no difference / too few items": f"{stats['verdict_no_difference']} / "
+                                                      f"{stats['verdict_too_few_items']}",
+                     "median MDE": mde_text(stats["median_mde"]),
                      "gap to best OOD": Cell(stats["mean_gap_to_best_ood"], digits=4, signed=True)})
     notes = [("Pairs: (test set, OOD calibration set) compared with the ID calibration on that test set. Gap: "
               "ID − best OOD score per test set, averaged (positive: ID calibration is better; perplexity sign "
               "flipped)."),
              ("Significant: the paired bootstrap 95% CI of the difference over test items excludes 0 (tasks with "
-              "per-item scores only; perplexity has none).")]
+              "per-item scores only; perplexity has none). No difference: not significant, and the CI excludes "
+              "every difference as large as the pair's minimum detectable difference (MDE, 80% power, two-sided "
+              "α = 0.05); too few items: neither — a difference of the detectable size is not ruled out.")]
     return Table(name, title, pd.DataFrame(rows), pd.DataFrame(data), notes)
 
 
 def claims_table(claims: pd.DataFrame, name: str, title: str) -> Table:
     rows = [{"Setting": f"{r.model} {r.quantizer} {r.bits} n={r.n_samples} len={r.seq_len}",
-             "Family": r.family, "Test": r.test, "ID calib": r.id_calib, "OOD calib": r.ood_calib,
-             "Gap (ID − OOD)": Cell(r.gap, digits=4, signed=True,
-                                    marks=frozenset({"sig"}) if r.significant else frozenset()),
-             "95% CI": "–" if math.isnan(r.ci_low) else f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]",
-             "p": "–" if math.isnan(r.p_value) else f"{r.p_value:.3f}"} for r in claims.itertuples()]
+             "Family": r.family, "Metric": r.metric, "Test": r.test, "ID calib": r.id_calib, "OOD calib": r.ood_calib,
+             "Gap (ID − OOD)": Cell(r.gap, digits=4, signed=True, marks=verdict_marks(r.verdict), n=r.n_items),
+             "95% CI": ci_text(r.ci_low, r.ci_high),
+             "p": "–" if math.isnan(r.p_value) else f"{r.p_value:.3f}", "MDE": mde_text(r.mde),
+             "verdict": r.verdict} for r in claims.itertuples()]
     return Table(name, title, pd.DataFrame(rows), claims,
-                 ["Every ID-vs-OOD claim with its paired-bootstrap 95% CI over test items; *: CI excludes 0."])
+                 ["Every ID-vs-OOD claim with its paired-bootstrap 95% CI over test items (gap sign: positive = ID "
+                  "better, also where lower is better); [n=…]: items paired; *: CI excludes 0; ≈ / 'no difference': "
+                  "the CI excludes every difference as large as the MDE (80% power, two-sided α = 0.05); 'too few "
+                  "items': neither."])

@@ -22,7 +22,7 @@ from qgen.analysis import ablation, figures, matrix, s1
 from qgen.analysis import groups as groups_mod
 from qgen.analysis.command import SCENARIOS
 from qgen.analysis.tables import LEGEND, Table
-from qgen.analysis.tidy import FP_LABEL, Samples, configs_of, load, task_family
+from qgen.analysis.tidy import FP_LABEL, KL_PREFIX, Samples, configs_of, load, task_family, task_order
 from qgen.errors import QgenError
 from qgen.record.reader import read_timings
 
@@ -97,9 +97,10 @@ def run_s1(df, opts: Options, samples: Samples, section: Section) -> None:
         return
     for model, g in stats.groupby("model"):
         q = s1.without_group_members(g[g["quantizer"] != "none"])  # one axis per suite task (MMLU, not its parts)
+        q = q[~q["task"].str.startswith(KL_PREFIX)]  # a KL has no "% of FP" (FP's own KL is 0)
         if q.empty:
             continue
-        tasks = sorted(q["task"].unique(), key=lambda t: (t.startswith("ppl/"), t))
+        tasks = sorted(q["task"].unique(), key=task_order)
         q = q.assign(rel=[100 * (fp / v if m.startswith("ppl") else v / fp)
                           if not (math.isnan(fp) or math.isnan(v)) and (v if m.startswith("ppl") else fp)
                           else math.nan for v, fp, m in zip(q["mean"], q["fp_mean"], q["metric"])])

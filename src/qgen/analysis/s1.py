@@ -2,7 +2,9 @@
 and relative change, mean ± std over seeds, and a paired bootstrap (quantized vs FP items) behind every change.
 
 FP per-item scores come from quantizer=none jobs of the same model, suite and limit; without such jobs, from
-the FP baselines scored inside the quantized jobs themselves (their baseline_samples.jsonl).
+the FP baselines scored inside the quantized jobs themselves (their baseline_samples.jsonl). Every cell states
+its n_items, and every comparison its minimum detectable difference and verdict (qgen.analysis.stats): the
+`s1_power` table lists them per configuration and task.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import math
 
 import pandas as pd
 
-from qgen.analysis.stats import compare_items, higher_is_better, seed_summary
-from qgen.analysis.tables import Cell, Table
-from qgen.analysis.tidy import FP_LABEL, Samples, task_group_members
+from qgen.analysis.stats import compare_items, higher_is_better, result_fields, seed_summary
+from qgen.analysis.tables import Cell, Table, ci_text, digits_for, mde_text, verdict_marks
+from qgen.analysis.tidy import FP_LABEL, Samples, task_group_members, task_order
 
 ROW_KEYS = ["model", "label", "quantizer", "bits", "calib", "n_samples", "seq_len", "suite", "limit"]
 FP_KEYS = ["model", "suite", "limit"]
@@ -23,8 +25,28 @@ def _short(task: str) -> str:
     return task.replace("qgen_", "", 1)
 
 
+# The count behind a task's value: its items (lm-eval items, KL windows), else its tokens (perplexity).
+COUNT_METRICS = ("n_items", "tokens")
+
+
+def item_counts(df: pd.DataFrame, metrics: tuple[str, ...] = COUNT_METRICS) -> dict[tuple[str, str], float]:
+    """{(job dir, task): items behind the job's value of the task} from the first of `metrics` it has."""
+    out = {}
+    for metric in reversed(metrics):  # the first wins where a task has several
+        rows = df[df["metric"] == metric]
+        out.update({(d, t): v for d, t, v in zip(rows["dir"], rows["task"], rows["value"])})
+    return out
+
+
+def mean_count(counts: dict, dirs, task: str) -> float:
+    values = [counts[(d, task)] for d in dirs if counts.get((d, task)) is not None]
+    return float(sum(values) / len(values)) if values else math.nan
+
+
 def per_config(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (configuration, task) of the primary metric: seed statistics of value, FP and change."""
+    """One row per (configuration, task) of the primary metric: seed statistics of value, FP and change, and the
+    items behind it (`n_items`, mean over seeds)."""
+    counts = item_counts(df)
     prim = df[df["primary"]].copy()
     prim["delta"] = prim["value"] - prim["fp_value"]
     rows = []
@@ -34,7 +56,7 @@ def per_config(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({**dict(zip([*ROW_KEYS, "family", "task", "metric"], key)), "mean": v["mean"], "std": v["std"],
                      "n_seeds": v["n_seeds"], "fp_mean": fp["mean"], "delta_mean": d["mean"], "delta_std": d["std"],
                      "rel_change_pct": rel, "seeds": ",".join(str(s) for s in sorted(g["seed"].unique())),
-                     "dirs": tuple(sorted(g["dir"]))})
+                     "items": mean_count(counts, g["dir"], key[-2]), "dirs": tuple(sorted(g["dir"]))})
     return pd.DataFrame(rows)
 
 
@@ -50,9 +72,7 @@ def add_significance(stats: pd.DataFrame, df: pd.DataFrame, samples: Samples, n_
             fp = samples(fp_dirs.loc[key]) if key in fp_dirs.index else samples.baseline(r["dirs"])
             if (fp["task"] == r["task"]).any():
                 res = compare_items(samples(r["dirs"]), fp, r["task"], r["metric"], n_boot, alpha)
-        out.append({"ci_low": res.ci_low if res else math.nan, "ci_high": res.ci_high if res else math.nan,
-                    "p_value": res.p_value if res else math.nan, "n_items": res.n_items if res else math.nan,
-                    "significant": bool(res.significant) if res else False, "tested": res is not None})
+        out.append(result_fields(res))
     return pd.concat([stats.reset_index(drop=True), pd.DataFrame(out)], axis=1)
 
 
@@ -65,7 +85,7 @@ def _row_head(r) -> dict:
 def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float = 0.05) -> tuple[list[Table],
                                                                                                    pd.DataFrame]:
     stats = add_significance(per_config(df), df, samples, n_boot, alpha)
-    tasks = sorted(stats["task"].unique(), key=lambda t: (t.startswith("ppl/"), t))
+    tasks = sorted(stats["task"].unique(), key=task_order)
     values, deltas = [], []
     # The FP rows: quantizer=none jobs where present, else the baselines recorded inside quantized jobs.
     fp_source = stats[stats["quantizer"] == "none"]
@@ -77,29 +97,54 @@ def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float 
     for _, g in stats.groupby(ROW_KEYS, sort=False):
         r = g.iloc[0]
         by_task = g.set_index("task")
-        values.append({**_row_head(r), **{_short(t): Cell(by_task.loc[t, "mean"], by_task.loc[t, "std"])
+        values.append({**_row_head(r), **{_short(t): Cell(by_task.loc[t, "mean"], by_task.loc[t, "std"],
+                                                          digits=digits_for(by_task.loc[t, "metric"]),
+                                                          n=by_task.loc[t, "items"])
                                           for t in tasks if t in by_task.index}})
         if r["quantizer"] == "none":
             continue
         deltas.append({**_row_head(r), **{
             _short(t): Cell(by_task.loc[t, "delta_mean"], by_task.loc[t, "delta_std"], by_task.loc[t, "rel_change_pct"],
-                            frozenset({"sig"}) if by_task.loc[t, "significant"] else frozenset(), signed=True)
+                            verdict_marks(by_task.loc[t, "verdict"]), signed=True, n=by_task.loc[t, "items"],
+                            digits=digits_for(by_task.loc[t, "metric"]))
             for t in tasks if t in by_task.index}})
     metric_note = ", ".join(sorted({f"{_short(t)}: {m}" for t, m in zip(stats["task"], stats["metric"])}))
     out = [Table("s1_values", "S1: scores per task (quantized and full precision)",
                  _order(pd.DataFrame(values)), stats.drop(columns="dirs"),
-                 [f"Metrics — {metric_note}.", "Cells: mean ± std over seeds."])]
+                 [f"Metrics — {metric_note}.", "Cells: mean ± std over seeds, [n=…] items (KL: windows; "
+                                                "perplexity: tokens)."])]
     if deltas:
         out.append(Table("s1_change", "S1: change against full precision per task",
                          _order(pd.DataFrame(deltas)), stats[stats["quantizer"] != "none"].drop(columns="dirs"),
                          [("Cells: quantized − FP, mean ± std over seeds, (relative change). For perplexity "
                            "lower is better; for accuracy higher."),
-                          "*: the paired bootstrap over items (quantized vs FP jobs, 95% CI) excludes 0."]))
+                          "*: the paired bootstrap over items (quantized vs FP jobs, 95% CI) excludes 0; ≈: no "
+                          "difference as large as the MDE (see s1_power); neither: too few items to tell."]))
         out.append(family_table(stats))
+        out.append(power_table(stats))
     methods = method_claims(stats, samples, n_boot, alpha)
     if methods is not None:
         out.append(methods)
     return out, stats
+
+
+def power_table(stats: pd.DataFrame) -> Table:
+    """Every quantized-vs-FP comparison with its items, CI, minimum detectable difference and verdict."""
+    q = stats[(stats["quantizer"] != "none") & stats["tested"]]
+    rows = [{**_row_head(r), "Task": _short(r["task"]), "Metric": r["metric"], "n items": r["n_items"],
+             "Δ vs FP": Cell(r["delta_mean"], digits=4, signed=True, marks=verdict_marks(r["verdict"])),
+             "95% CI": ci_text(r["ci_low"], r["ci_high"]), "MDE (80% power)": mde_text(r["mde"]),
+             "verdict": r["verdict"]} for _, r in q.iterrows()]
+    data = q.drop(columns="dirs")
+    return Table("s1_power", "S1: what each comparison with full precision can detect",
+                 _order(pd.DataFrame(rows, columns=["Model", "Method", "Bits", "Calibration", "Seeds", "Task",
+                                                    "Metric", "n items", "Δ vs FP", "95% CI", "MDE (80% power)",
+                                                    "verdict"])), data,
+                 ["Paired over the items both scored (quantized vs FP). MDE: the smallest true difference the paired "
+                  "test detects with 80% power at two-sided α = 0.05 (binary items: max(2.80·sqrt(discordant share / "
+                  "n), 2.80²/n); other scores: 2.80·sd of the differences / sqrt(n)).",
+                  "verdict — different: the 95% CI excludes 0; no difference: the CI excludes every difference as "
+                  "large as the MDE; too few items: neither, a difference of the detectable size is not ruled out."])
 
 
 def _order(frame: pd.DataFrame) -> pd.DataFrame:
@@ -156,19 +201,19 @@ def method_claims(stats: pd.DataFrame, samples: Samples, n_boot: int, alpha: flo
                 diff = a.mean - b.mean
                 better = a.quantizer if (diff > 0) == higher_is_better(a.metric) and diff != 0 else (
                     b.quantizer if diff != 0 else "tie")
+                fields = result_fields(res)
                 data.append({**dict(zip(keys, key)), "a": a.quantizer, "b": b.quantizer, "mean_a": a.mean,
-                             "mean_b": b.mean, "diff": diff, "better": better,
-                             "ci_low": res.ci_low if res else math.nan, "ci_high": res.ci_high if res else math.nan,
-                             "p_value": res.p_value if res else math.nan,
-                             "significant": bool(res.significant) if res else False})
+                             "mean_b": b.mean, "diff": diff, "better": better, **fields})
                 rows.append({"Model": a.model, "Bits": a.bits, "Calibration": a.calib, "Task": _short(a.task),
                              "A": a.quantizer, "B": b.quantizer,
-                             "A − B": Cell(diff, digits=4, signed=True,
-                                           marks=frozenset({"sig"}) if res and res.significant else frozenset()),
-                             "95% CI": "–" if res is None else f"[{res.ci_low:+.4f}, {res.ci_high:+.4f}]",
-                             "better": better})
+                             "A − B": Cell(diff, digits=4, signed=True, marks=verdict_marks(fields["verdict"]),
+                                           n=fields["n_items"]),
+                             "95% CI": ci_text(fields["ci_low"], fields["ci_high"]),
+                             "MDE": mde_text(fields["mde"]), "verdict": fields["verdict"], "better": better})
     if not rows:
         return None
     return Table("s1_methods", "S1: quantization methods compared pairwise", pd.DataFrame(rows), pd.DataFrame(data),
-                 [("A − B in the task's metric (mean over seeds); *: the paired bootstrap 95% CI over items "
-                   "excludes 0. 'better' follows the metric's direction (lower perplexity is better).")])
+                 [("A − B in the task's metric (mean over seeds), [n=…] items compared; *: the paired bootstrap 95% CI "
+                   "over items excludes 0; ≈ / verdict 'no difference': the CI excludes every difference as large as "
+                   "the MDE (80% power, two-sided α = 0.05); 'too few items': neither. 'better' follows the metric's "
+                   "direction (lower perplexity, KL and flip rate are better).")])

@@ -20,7 +20,8 @@ paired test would detect with 80 % power at two-sided α = 0.05, with z = z_{1-�
 
 A comparison's verdict is `different` when the CI excludes 0; `no difference` (an equivalence-style statement) when
 it does not and the CI excludes every difference at least as large as the MDE (-MDE < ci_low and ci_high < MDE);
-otherwise `too few items` to tell: a difference of the detectable size is still inside the CI.
+otherwise `too few items` to tell: a difference of the detectable size is still inside the CI. Binary scores with
+an MDE of 1 or more (7 items or fewer) are always `too few items`: no difference could be detected on them.
 
 Answer flips (Dutta et al. 2024): for binary per-item scores of a reference (the FP model) and a candidate (the
 quantized model) on the same items, `flip_table` counts correct→wrong and wrong→correct items, their rates, and
@@ -63,10 +64,13 @@ def min_detectable_difference(a, b, alpha: float = 0.05, power: float = POWER) -
     return {"mde": z * sd / math.sqrt(n) if n > 1 else math.nan, "sd_diff": sd, "discordant": math.nan}
 
 
-def verdict(ci_low: float, ci_high: float, mde: float) -> str:
-    """different (CI excludes 0), no difference (CI inside ±MDE) or too few items (module docstring)."""
+def verdict(ci_low: float, ci_high: float, mde: float, max_difference: float | None = None) -> str:
+    """different (CI excludes 0), no difference (CI inside ±MDE) or too few items (module docstring); with
+    `max_difference` (1 for binary scores), an MDE that large means no possible difference is detectable."""
     if ci_low > 0 or ci_high < 0:
         return DIFFERENT
+    if max_difference is not None and not mde < max_difference:
+        return TOO_FEW
     if not math.isnan(mde) and -mde < ci_low and ci_high < mde:
         return NO_DIFFERENCE
     return TOO_FEW
@@ -114,7 +118,17 @@ def paired_bootstrap(a, b, n_boot: int = 2000, alpha: float = 0.05, seed: int = 
     return PairedResult(n_items=len(d), mean_a=float(a.mean()), mean_b=float(b.mean()), diff=observed,
                         ci_low=float(low), ci_high=float(high), p_value=p,
                         significant=bool(low > 0 or high < 0), **power,
-                        verdict=verdict(float(low), float(high), power["mde"]))
+                        verdict=verdict(float(low), float(high), power["mde"],
+                                        1.0 if is_binary(a, b) else None))
+
+
+def result_fields(res: PairedResult | None) -> dict:
+    """The columns a report table keeps of a comparison (NaN, not tested, when there are no per-item scores)."""
+    if res is None:
+        return {"ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "n_items": math.nan,
+                "significant": False, "mde": math.nan, "verdict": "not tested", "tested": False}
+    return {"ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value, "n_items": res.n_items,
+            "significant": bool(res.significant), "mde": res.mde, "verdict": res.verdict, "tested": True}
 
 
 @dataclass(frozen=True)

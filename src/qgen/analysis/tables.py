@@ -1,8 +1,10 @@
 """One table, three formats: Markdown (the committed report), LaTeX (booktabs, for the paper) and CSV (the
 numbers behind the cells, one column per quantity, for anyone re-plotting).
 
-A displayed cell is a `Cell`: a value, optionally ± std over seeds and a relative change, and marks —
-`id` (an in-distribution cell: bold) and `sig` (a difference the paired bootstrap finds significant: *).
+A displayed cell is a `Cell`: a value, optionally ± std over seeds, a relative change and the number of items
+behind it ([n=…]), and marks — `id` (an in-distribution cell: bold), `sig` (a difference the paired bootstrap finds
+significant: *) and `eq` (no difference: the CI rules out every difference as large as the comparison's minimum
+detectable difference: ≈).
 """
 
 from __future__ import annotations
@@ -13,8 +15,32 @@ from pathlib import Path
 
 import pandas as pd
 
-LEGEND = ("Cells: mean ± std over seeds (std omitted for one seed). **Bold**: in-distribution calibration "
-          "(calibration set = test set). *: the paired bootstrap over evaluation items (95% CI) excludes 0.")
+LEGEND = ("Cells: mean ± std over seeds (std omitted for one seed), [n=…]: evaluation items behind the cell (windows "
+          "for KL, tokens for perplexity). **Bold**: in-distribution calibration (calibration set = test set). *: the "
+          "paired bootstrap over evaluation items (95% CI) excludes 0. ≈: no difference — the CI excludes every "
+          "difference as large as the comparison's minimum detectable difference (MDE, 80% power, two-sided α = "
+          "0.05); a difference with neither mark is too small a sample to tell. KL, flips and perplexity: lower is "
+          "better.")
+
+
+def verdict_marks(verdict: str | None) -> frozenset:
+    """The cell marks of a comparison's verdict (qgen.analysis.stats): * different, ≈ no difference."""
+    from qgen.analysis.stats import DIFFERENT, NO_DIFFERENCE
+
+    return frozenset({"sig"} if verdict == DIFFERENT else {"eq"} if verdict == NO_DIFFERENCE else ())
+
+
+def digits_for(metric: str) -> int:
+    """Decimals a metric is shown with: 4 for KL, flip and agreement rates (small numbers), else 3."""
+    return 4 if str(metric).startswith(("kl_", "flip_", "top1_")) else 3
+
+
+def ci_text(low: float, high: float) -> str:
+    return "–" if low is None or math.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def mde_text(mde: float) -> str:
+    return "–" if mde is None or math.isnan(mde) else f"{mde:.4f}"
 
 
 @dataclass(frozen=True)
@@ -25,6 +51,8 @@ class Cell:
     marks: frozenset = frozenset()
     digits: int = 3
     signed: bool = False
+    n: float | None = None  # items behind the value
+
 
     def text(self) -> str:
         if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
@@ -36,6 +64,8 @@ class Cell:
             out += f" ± {self.std:.{self.digits}{'e' if big else 'f'}}"
         if self.rel is not None and not math.isnan(self.rel):
             out += f" ({self.rel:+.3g}%)" if abs(self.rel) >= 1e4 else f" ({self.rel:+.1f}%)"
+        if self.n is not None and not (isinstance(self.n, float) and math.isnan(self.n)):
+            out += f" [n={self.n:g}]"
         return out
 
 
@@ -47,6 +77,8 @@ def _md(cell) -> str:
         out = f"**{out}**"
     if "sig" in cell.marks:
         out += "\\*"
+    if "eq" in cell.marks:
+        out += " ≈"
     return out
 
 
@@ -66,6 +98,8 @@ def _tex(cell) -> str:
         out = rf"\textbf{{{out}}}"
     if "sig" in cell.marks:
         out += r"$^{*}$"
+    if "eq" in cell.marks:
+        out += r" $\approx$"
     return out
 
 

@@ -1,8 +1,12 @@
 """The analysis frame: `record.reader.tidy_results` plus what the analyses group and label by.
 
 Adds to each (job, task, metric) row: `dataset` (the registry dataset a task scores), `family` (its S2/S3 group
-if one lists it, else the registry's `family` or task type), `config` (a label of everything but the seed) and
-`primary` (whether this metric is the one the tables report for the task).
+if one lists it, else the registry's `family` or task type; `perplexity` and `divergence` for those tasks),
+`config` (a label of everything but the seed) and `primary` (whether this metric is the one the tables report for
+the task: acc-like scores, the perplexity, the mean KL to FP).
+
+Tasks: `qgen_<dataset>` (lm-eval; their answer flips against FP are metrics `flip_*` of the same task),
+`ppl/<dataset>` (perplexity) and `kl/<dataset>` (KL to FP and top-1 agreement, qgen.evaluate.divergence).
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ from qgen.errors import QgenError
 from qgen.record.reader import CONFIG_KEYS, read_configs, read_samples, tidy_results
 
 PPL_PREFIX = "ppl/"
+KL_PREFIX = "kl/"
 TASK_PREFIX = "qgen_"
 
 
 def task_dataset(task: str) -> str:
-    if task.startswith(PPL_PREFIX):
-        return task[len(PPL_PREFIX):]
-    if task.startswith(TASK_PREFIX):
-        return task[len(TASK_PREFIX):]
+    for prefix in (PPL_PREFIX, KL_PREFIX, TASK_PREFIX):
+        if task.startswith(prefix):
+            return task[len(prefix):]
     return task
+
+
+def task_order(task: str) -> tuple:
+    """Tables and figures list lm-eval tasks first, then perplexities, then divergences."""
+    return (task.startswith(PPL_PREFIX) + 2 * task.startswith(KL_PREFIX), task)
 
 
 @cache
@@ -41,6 +50,8 @@ def _registry_family(dataset: str) -> str | None:
 def task_family(task: str, groups: dict | None = None) -> str:
     if task.startswith(PPL_PREFIX):
         return "perplexity"
+    if task.startswith(KL_PREFIX):
+        return "divergence"
     dataset = task_dataset(task)
     for family, spec in (groups or {}).items():
         if dataset in spec["members"]:
@@ -78,6 +89,8 @@ def primary_metrics(metrics_by_task: dict[str, set], score: str) -> dict[str, st
     for task, metrics in metrics_by_task.items():
         if task.startswith(PPL_PREFIX):
             out[task] = next((m for m in sorted(metrics) if m.startswith("ppl_")), None)
+        elif task.startswith(KL_PREFIX):
+            out[task] = next((m for m in sorted(metrics) if m.startswith("kl_mean_")), None)
         else:
             out[task] = next((m for m in (score, *SCORE_ORDER) if m in metrics), None)
     return out
@@ -103,9 +116,25 @@ def load(roots: list[str | Path], groups: dict | None = None, score: str = "acc"
     return df
 
 
+def with_flips(samples: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """A job's per-item scores plus per-item flip indicators against its in-job FP baseline (where both have a
+    binary acc): flip_rate (acc differs), flip_c2w (FP right, this wrong), flip_w2c (FP wrong, this right) — the
+    item-level scores behind the flip metrics, so flip rates get paired comparisons like any other score."""
+    if samples.empty or "acc" not in samples.columns or "acc" not in baseline.columns:
+        return samples
+    fp = baseline.dropna(subset=["acc"]).groupby(["task", "doc_id"])["acc"].mean().rename("_fp_acc")
+    out = samples.join(fp, on=["task", "doc_id"])
+    ok = out["acc"].isin((0, 1)) & out["_fp_acc"].isin((0, 1))
+    out["flip_rate"] = (out["acc"] != out["_fp_acc"]).astype(float).where(ok)
+    out["flip_c2w"] = ((out["_fp_acc"] == 1) & (out["acc"] == 0)).astype(float).where(ok)
+    out["flip_w2c"] = ((out["_fp_acc"] == 0) & (out["acc"] == 1)).astype(float).where(ok)
+    return out.drop(columns="_fp_acc")
+
+
 class Samples:
-    """Per-item scores of the jobs behind a configuration (every seed), read once per job dir; `baseline(dirs)`
-    gives the same jobs' in-job FP baselines (baseline_samples.jsonl)."""
+    """Per-item scores of the jobs behind a configuration (every seed), read once per job dir, with per-item flips
+    against each job's own FP baseline (`with_flips`); `baseline(dirs)` gives the same jobs' in-job FP baselines
+    (baseline_samples.jsonl)."""
 
     def __init__(self):
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
@@ -114,7 +143,10 @@ class Samples:
         frames = []
         for d in sorted(set(dirs)):
             if (d, name) not in self._cache:
-                self._cache[(d, name)] = read_samples(d, name)
+                own = read_samples(d, name)
+                if name == "samples.jsonl":
+                    own = with_flips(own, read_samples(d, "baseline_samples.jsonl"))
+                self._cache[(d, name)] = own
             frames.append(self._cache[(d, name)])
         frames = [f for f in frames if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task", "doc_id"])
