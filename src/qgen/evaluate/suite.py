@@ -38,8 +38,10 @@ def run_lm_eval(model, tokenizer, suite, device: torch.device, seed: int, sample
     tasks = list(suite.tasks)
     if not tasks:
         return {}
+    # log-softmax in fp32 whatever the model's dtype: a bf16 log-softmax (lm-eval's default for a bf16 model) rounds
+    # each token's log-prob to ~3 significant digits before the choices' sums are compared
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(suite.batch_size), device=str(device),
-              max_length=suite.get("max_length"))
+              max_length=suite.get("max_length"), softmax_dtype=torch.float32)
     out = simple_evaluate(
         model=lm, tasks=tasks, num_fewshot=suite.get("num_fewshot"), limit=suite.get("limit"),
         task_manager=task_manager(), log_samples=samples_path is not None,
