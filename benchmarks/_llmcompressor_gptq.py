@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", help="the dtype the model is loaded (and its blocks run) in")
     args = ap.parse_args()
 
     rss_start = _rss_mb("VmRSS")
@@ -44,7 +45,7 @@ def main() -> None:
     ids = torch.load(args.calib)
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     rss_runtime = _rss_mb("VmRSS")  # after imports: the runtime, before the model
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
     weights = {"num_bits": args.bits, "type": "int", "symmetric": args.symmetric, "strategy": "group",
                "group_size": args.group_size, "actorder": args.actorder}
     recipe = GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}}, ignore=["lm_head"],
@@ -61,7 +62,7 @@ def main() -> None:
               if k.startswith("model.layers.") and k.endswith("proj.weight")}
     save_file(blocks, args.out)
     print("RESULT " + json.dumps({
-        "tool": f"llm-compressor {llmc_version}", "quantize_s": round(seconds, 1),
+        "tool": f"llm-compressor {llmc_version}", "quantize_s": round(seconds, 1), "dtype": args.dtype,
         "rss_runtime_mb": round(rss_runtime, 1), "rss_start_mb": round(rss_start, 1),
         "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak, 1), "threads": torch.get_num_threads(),
         "transformers": __import__("transformers").__version__, "torch": torch.__version__,

