@@ -10,7 +10,10 @@ Data-free methods (RTN) visit each subset once. With calibration data:
      subset with its own copy of the method's statistics), then the subsets are applied in order: fewer forward
      passes, but later subsets are fitted to inputs computed with the block's original weights;
   3. recompute the block's outputs (with the quantized block, or the original one when `feed` is
-     "full_precision") as the next block's inputs; move the block back.
+     "full_precision") as the next block's inputs; move the block back. With feed "full_precision" and
+     `true_sequential` off, the one observation pass runs the original block to its end and its outputs are
+     the next block's inputs: one pass per block instead of two, the same observed inputs and outputs (the
+     same computation, not stopped early), so the same weights.
 Only one block's activations are alive at a time (replaced batch by batch by the block's outputs), so models
 larger than the device fit.
 
@@ -171,10 +174,17 @@ def _run_block(block: nn.Module, batches: list[tuple[torch.Tensor, dict]]) -> li
     return [_block_output(block(hidden, **kwargs)) for hidden, kwargs in batches]
 
 
-def _observe(block: nn.Module, observers: list[tuple[nn.Linear, QuantMethod, SubsetContext]], batches) -> None:
+# Whether feed=full_precision with true_sequential off observes during the full-precision output pass (one pass
+# per block) rather than in a pass of its own; off only to measure the two-pass way (benchmarks/passes.py, tests).
+FUSE_FULL_PRECISION_PASS = True
+
+
+def _observe(block: nn.Module, observers: list[tuple[nn.Linear, QuantMethod, SubsetContext]], batches,
+             outputs: bool = False) -> list[torch.Tensor] | None:
     """Run the calibration batches through the block, handing each listed linear's input to its (method, context)
-    observers; the forward stops at the input of the last one listed."""
-    last = observers[-1][0]
+    observers; the forward stops at the input of the last one listed, or with `outputs` runs to the end and the
+    block's outputs are returned."""
+    last = None if outputs else observers[-1][0]
     by_linear: dict[nn.Module, list] = {}
     for linear, method, ctx in observers:
         by_linear.setdefault(linear, []).append((method, ctx))
@@ -187,15 +197,18 @@ def _observe(block: nn.Module, observers: list[tuple[nn.Linear, QuantMethod, Sub
             raise _StopForward
 
     handles = [linear.register_forward_pre_hook(hook) for linear in by_linear]
+    kept = []
     try:
         for hidden, kwargs in batches:
             try:
-                block(hidden, **kwargs)
+                out = block(hidden, **kwargs)
             except _StopForward:
-                pass
+                continue
+            kept.append(_block_output(out))
     finally:
         for h in handles:
             h.remove()
+    return kept if outputs else None
 
 
 def attach_block_activation_quantizers(block: nn.Module, adapter: ArchAdapter, act: ActFormat,
@@ -248,15 +261,19 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
     batches = capture_block_inputs(model, adapter, input_ids, settings.batch_size, device, dtype) if needs_data \
         else None
     report: dict = {"layers": {}, "blocks": [],
-                    "engine": {"dtype": str(dtype).removeprefix("torch."), "dtype_setting": settings.dtype}}
+                    "engine": {"dtype": str(dtype).removeprefix("torch."), "dtype_setting": settings.dtype,
+                               "passes": 0}}  # passes over the calibration batches, partial ones included
+    fuse = needs_data and settings.feed == "full_precision" and not settings.true_sequential \
+        and FUSE_FULL_PRECISION_PASS
     prefix = adapter.blocks
     for i, block in enumerate(tqdm(blocks, desc="quantize", unit="block")):
         t0 = time.perf_counter()
         block.to(device)
         fp_outputs = None
-        if needs_data and settings.feed == "full_precision":
+        if needs_data and settings.feed == "full_precision" and not fuse:
             with _params_in(block, dtype):
                 fp_outputs = _run_block(block, batches)
+            report["engine"]["passes"] += 1
         steps = []  # (method, context) in the order they are applied
         for subset in subsets:
             linears = {f"{prefix}.{i}.{p}": block.get_submodule(p) for p in subset.linears}
@@ -272,12 +289,15 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
                     method.start(ctx)
                     observers.append((next(iter(ctx.linears.values())), method, ctx))
             with _params_in(block, dtype):
-                _observe(block, observers, batches)
+                outputs = _observe(block, observers, batches, outputs=fuse)
+            report["engine"]["passes"] += 1
+            fp_outputs = outputs if fuse else fp_outputs
         for method, ctx in steps:
             if method.needs_calibration and settings.true_sequential:
                 method.start(ctx)
                 with _params_in(block, dtype):
                     _observe(block, [(next(iter(ctx.linears.values())), method, ctx)], batches)
+                report["engine"]["passes"] += 1
             layer_reports = method.apply(ctx) or {}
             for path, rep in layer_reports.items():
                 report["layers"].setdefault(path, {})[method.name] = rep
@@ -289,6 +309,7 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
             with _params_in(block, dtype):
                 for j, (hidden, kwargs) in enumerate(batches):
                     batches[j] = (_block_output(block(hidden, **kwargs)), kwargs)
+            report["engine"]["passes"] += 1
             del hidden
         block.to(model_device)
         report["blocks"].append({"index": i, "seconds": round(time.perf_counter() - t0, 3)})
