@@ -285,18 +285,21 @@ class Job:
 
     def quantize(self, calib_key: str | None) -> dict:
         from qgen.quant.checkpoint import restore_blocks, save_blocks
-        from qgen.quant.engine import EngineSettings, quantize_model
+        from qgen.quant.engine import EngineSettings, compute_dtype, quantize_model
 
         q = self.cfg.quantizer
         log.info("[4/5 quantize] %s %s", q.name, self.cfg.bits.name)
         identity = {"model": self.model_id, "quantizer": _plain(q), "bits": _plain(self.cfg.bits),
                     # data-free methods do not depend on the calibration set or the seed: one entry serves all
                     "calibration": calib_key, "seed": self.cfg.seed if self.needs_calibration else None}
+        settings = EngineSettings.from_config(q)
+        passes = compute_dtype(settings.dtype, self.device)
+        if self.needs_calibration and passes != torch.float32:  # `auto` differs by machine; fp32 keeps old keys
+            identity["compute_dtype"] = str(passes)
 
         def build(folder):
             ids = self.calib.input_ids if self.calib is not None else None
-            report = quantize_model(self.model, self.adapter, self.methods, self.act, ids, self.device,
-                                    EngineSettings.from_config(q))
+            report = quantize_model(self.model, self.adapter, self.methods, self.act, ids, self.device, settings)
             save_blocks(self.model, self.adapter, folder)
             (folder / "quant_report.json").write_text(json.dumps(report))
             return report, {}
