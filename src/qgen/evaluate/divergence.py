@@ -179,7 +179,7 @@ def _logit_chunks(model, ids: torch.Tensor, batch_size: int, device: torch.devic
 def fp_reference(model, ids: torch.Tensor, settings: DivergenceSettings, device: torch.device) -> dict:
     """The FP side over the windows `ids` (kept in the reference, so a model is always scored on the same
     tokens), on the CPU."""
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = int(model.config.vocab_size)
     rows = ids.shape[0] * (ids.shape[1] - 1)
     if (settings.top_k is None or settings.top_k >= vocab) and rows * vocab * 4 > MAX_FULL_REFERENCE_BYTES:
         raise QgenError(f"eval_suite.divergence.top_k=null stores every log-prob ({rows} tokens x {vocab} = "
