@@ -242,7 +242,7 @@ def test_bad_divergence_config_is_one_line(tmp_path):
     proc = run_qgen(*ARGS, "eval_suite.divergence.top_k=0", f"paths.output_dir={tmp_path}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "qgen: error: eval_suite.divergence.top_k=0 is not allowed: use an integer >= 1 or null")
+        "qgen: error: eval_suite.divergence.top_k=0 is not allowed: use a positive integer, or null")
 
 
 # -- analysis: KL and flip matrices from hand-written jobs ----------------------------------------------------------

@@ -52,9 +52,10 @@ def metric_names(window: int, top_k: int | None) -> dict[str, str]:
 def _positive_int(value, key: str, allow_null: bool, minimum: int = 1) -> None:
     ok = (value is None and allow_null) or (isinstance(value, int) and not isinstance(value, bool)
                                             and value >= minimum)
-    if not ok:
-        extra = " or null" if allow_null else ""
-        raise QgenError(f"eval_suite.divergence.{key}={value!r} is not allowed: use an integer >= {minimum}{extra}")
+    if not ok:  # worded as qgen.schema words the same fields
+        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise QgenError(f"eval_suite.divergence.{key}={value!r} is not allowed: use {what}"
+                        f"{', or null' if allow_null else ''}")
 
 
 @dataclass(frozen=True)
