@@ -229,7 +229,7 @@ class Job:
 
         settings = self.divergence
         log.info("[reference] FP distributions on %s (%s)", ", ".join(settings.datasets), settings.protocol)
-        data = prepared_sha256(settings.datasets, "eval")
+        data = self.eval_data()  # the suite's datasets, these included: hashed once per job
         out = {}
         for dataset in settings.datasets:
             identity = {"model": self.model_id, "tokenizer": tokenizer_identity(self.tokenizer), "dataset": dataset,
