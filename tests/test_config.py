@@ -47,7 +47,7 @@ def test_every_group_option_composes_and_validates(group, option):
     ("model.pretrained=/no/such/model", "model.pretrained='/no/such/model' does not exist"),
     ("calib.dataset=nope", "unknown dataset 'nope'"),
     ("calib.n_samples=0", "calib.n_samples=0 is not allowed"),
-    ("export=gguf", "export='gguf' is not allowed: use null or one of compressed-tensors"),
+    ("export=gguf", "export='gguf' is not allowed: use compressed-tensors, or null"),
     ("quantizer=spqr export=compressed-tensors", "cannot hold spqr weights"),
     ("quantizer=smoothquant bits=w8a8 export=compressed-tensors", "writes weight-only checkpoints"),
     ("quantizer=none bits=fp16 export=compressed-tensors", "quantizer=none quantizes nothing"),
@@ -87,3 +87,32 @@ def test_command_line_errors_exit_nonzero_with_one_line(tmp_path, args, message)
     assert "Traceback" not in proc.stderr
     # nothing was loaded or evaluated: no results were written for a rejected job
     assert not list(tmp_path.rglob("results.json"))
+
+
+def test_readme_config_table_is_the_schema():
+    from qgen.schema import readme_with_table
+
+    readme = (CONF.parent / "README.md").read_text()
+    assert readme_with_table(readme) == readme, "run `python -m qgen.schema README.md` after changing the schema"
+
+
+def test_spec_words_and_refusals():
+    from qgen.spec import Bool, Choice, Float, Int, ListOf, Section, Str
+
+    assert Int(2, 8).allowed() == "an integer from 2 to 8"
+    assert Float(0, 1, hi_open=True, nullable=True).allowed() == "a number in [0, 1), or null"
+    assert ListOf(item=Str()).allowed() == "a list of strings"
+    section = Section(fields={"n": Int(1, default=3), "on": Bool(), "how": Choice(values=("a", "b"), optional=True)})
+    assert section.validate({"on": True}) == {"n": 3, "on": True}
+    for bad, message in [({"on": "yes"}, "on='yes' is not allowed: use true or false"),
+                         ({"on": True, "n": True}, "n=True is not allowed: use a positive integer"),
+                         ({"on": True, "n": 2.0}, "n=2.0 is not allowed: use a positive integer"),
+                         ({"on": True, "how": "c"}, "how='c' is not allowed: use one of a, b"),
+                         ({"on": True, "x": 1}, "x is not a setting; settings: n, on, how"),
+                         ({}, "on is missing: set it to true or false")]:
+        with pytest.raises(QgenError) as err:
+            section.validate(bad)
+        assert str(err.value) == message
+    assert Float(0, lo_open=True, infinite=True).check("t", float("inf")) == float("inf")
+    with pytest.raises(QgenError, match="t=nan is not allowed"):
+        Float(0).check("t", float("nan"))

@@ -179,7 +179,8 @@ def test_dampening_is_raised_until_cholesky_succeeds():
 
 
 @pytest.mark.parametrize("name,hp,match", [
-    ("gptq", {"damp_percent": 0}, "damp_percent"), ("gptq", {"blocksize": 128}, "unknown settings: blocksize"),
+    ("gptq", {"damp_percent": 0}, "damp_percent"),
+    ("gptq", {"blocksize": 128}, "gptq.blocksize is not a setting of gptq; settings: damp_percent"),
     ("awq", {"n_grid": 0}, "n_grid"), ("smoothquant", {"alpha": 1.5}, "alpha"),
     ("spqr", {"outlier_threshold": -1}, "outlier_threshold")])
 def test_bad_settings_are_refused(name, hp, match):

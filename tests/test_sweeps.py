@@ -83,15 +83,18 @@ def test_data_free_quantizer_is_shared_across_calibration_sets(cache_env, needs_
     assert records[0]["cache"]["quantize"]["key"] == records[1]["cache"]["quantize"]["key"]
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize("args,message", [  # a job's problem names the job of the sweep
     (["-m", "launcher=slurm", "quantizer=none,rtn"],
-     "qgen: error: launcher=slurm needs hydra.launcher.partition"),
+     "qgen: error: job 0 of 2 (launcher=slurm quantizer=none paths.output_dir={tmp}): launcher=slurm needs "
+     "hydra.launcher.partition"),
     (["-m", "hydra/launcher=nope", "quantizer=none,rtn"], "qgen: error: unknown hydra/launcher option 'nope'"),
     (["-m", "launcher=nope"], "qgen: error: unknown launcher option 'nope'"),
-    (["-m", "quantizer=rtn", "bits=w4a16,fp16"], "qgen: error: bits.weight_bits=16 is not allowed"),
+    (["-m", "quantizer=rtn", "bits=w4a16,fp16"],
+     "qgen: error: job 1 of 2 (quantizer=rtn bits=fp16 paths.output_dir={tmp}): bits.weight_bits=16 is not allowed"),
 ])
 def test_launcher_and_sweep_errors_before_anything_is_submitted(tmp_path, args, message):
     proc = run_qgen(*args, f"paths.output_dir={tmp_path}", timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(message.replace("{tmp}", str(tmp_path))), proc.stderr[-2000:]
     assert not any(tmp_path.iterdir())

@@ -24,6 +24,7 @@ from qgen.data.overlap import check_job_overlap
 from qgen.errors import QgenError
 from qgen.record import index
 from qgen.record.results import JobRecord, atomic_write_json, job_id
+from qgen.schema import check_device, check_loaded
 from qgen.validate import check_job
 
 log = logging.getLogger("qgen")
@@ -174,6 +175,7 @@ class Job:
         log.info("[1/5 load_model] %s", self.cfg.model.name)
         model, tokenizer, info = load_model(self.cfg.model, seed=self.cfg.seed)
         self.adapter = adapter_for(model.config.model_type) if self.methods else None
+        check_loaded(self.cfg, model, self.adapter)  # lengths, group size, finite weights: before any other work
         self.model, self.tokenizer = model, tokenizer
         self.model_id = model_identity(self.cfg, info)
         self.record.data["model_info"] = {**info, "model_type": model.config.model_type, "device": str(self.device),
@@ -395,7 +397,7 @@ def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     recording it (status, stage reached, error, traceback.txt)."""
     check_job(cfg)
     check_scoring(cfg)
-    build_methods(cfg)  # unknown method settings fail here, before the model loads
+    check_device(cfg.runtime.device)  # on the machine the job runs on, before anything loads
     os.environ["QGEN_HOME"] = str(cfg.paths.qgen_home)
     previous = skip_if_done(cfg, out_dir)
     if previous is not None:

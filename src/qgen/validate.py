@@ -1,6 +1,6 @@
-"""Check a composed job config before anything expensive happens; each problem is one line naming what is
-allowed. Also checks config-group choices on the command line before Hydra composes (Hydra's own message for an
-unknown option is a multi-line traceback)."""
+"""Before anything expensive happens: the command line's config-group choices (before Hydra composes: Hydra's own
+message for an unknown option is a multi-line traceback), then every job it asks for against the schema
+(qgen.schema), each problem one line naming what is allowed — and, in a sweep, the job."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ from qgen.errors import QgenError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "calib", "quantizer", "bits", "eval_suite", "logger", "paths", "launcher")
-ACT_BITS = (4, 6, 8, 16)
-# Fields a launcher cannot submit without (by the launcher class's name).
-REQUIRED_LAUNCHER_FIELDS = {"SlurmLauncher": ("partition", "timeout_min")}
 
 
 def group_options(group: str) -> list[str]:
@@ -69,77 +66,51 @@ def check_overrides(argv: list[str]) -> None:
             raise QgenError(f"{arg} names several options: add -m (--multirun) to run one job per option{hint}")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+_CHECKED: set[str] = set()  # job configs already checked in this process (preflight, then the job itself)
 
 
 def check_job(cfg: DictConfig) -> None:
-    from qgen.models.load import DTYPES, looks_like_path, model_source
-    from qgen.quant.methods import METHODS
+    """The schema's check of one composed job (qgen.schema), done once per distinct config in a process."""
+    import hashlib
+    import json
 
-    bits, quant, model = cfg.bits, cfg.quantizer, cfg.model
-    is_fp = quant.name == "none" or not quant.methods
-    w, a, g = bits.weight_bits, bits.act_bits, bits.group_size
-    if not _is_int(w) or not (2 <= w <= 8 or (w == 16 and is_fp)):
-        raise QgenError(f"bits.weight_bits={w!r} is not allowed: use an integer from 2 to 8 (16 only with "
-                        f"quantizer=none)")
-    if not _is_int(a) or a not in ACT_BITS:
-        raise QgenError(f"bits.act_bits={a!r} is not allowed: use one of {', '.join(map(str, ACT_BITS))}")
-    if not _is_int(g) or not (g == -1 or g > 0):
-        raise QgenError(f"bits.group_size={g!r} is not allowed: use a positive integer, or -1 for per channel")
-    if bits.act_granularity not in ("per_token", "per_tensor"):
-        raise QgenError(f"bits.act_granularity={bits.act_granularity!r} is not allowed: use per_token or per_tensor")
-    for step in quant.methods:
-        if step.name not in METHODS:
-            raise QgenError(f"quantizer method {step.name!r} is unknown; available: {', '.join(sorted(METHODS))}")
-    check_engine_settings(quant)
-    if model.dtype not in DTYPES:
-        raise QgenError(f"model.dtype={model.dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
-    if model_source(model) == "local":
-        path = Path(str(model.pretrained)).expanduser()
-        if not path.is_dir():
-            raise QgenError(f"model.pretrained={model.pretrained!r} does not exist: give an existing local folder "
-                            f"or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
-    if model_source(model) == "hub" and looks_like_path(str(model.pretrained)):
-        raise QgenError(f"model.pretrained={model.pretrained!r} is neither a folder nor a hub id")
-    for key in ("n_samples", "seq_len"):
-        if not _is_int(cfg.calib[key]) or cfg.calib[key] <= 0:
-            raise QgenError(f"calib.{key}={cfg.calib[key]!r} is not allowed: use a positive integer")
-    limit = cfg.eval_suite.get("limit")
-    if limit is not None and not (isinstance(limit, (int, float)) and limit > 0):
-        raise QgenError(f"eval_suite.limit={limit!r} is not allowed: use a positive number or null")
-    from qgen.quant.export import check_export_config
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    check_export_config(cfg)
-    check_datasets(cfg)
+    from qgen.schema import check_job as check
+
+    try:
+        values = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    except OmegaConfBaseException as exc:
+        raise QgenError(str(exc).strip().splitlines()[0]) from None
+    key = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+    if key in _CHECKED:
+        return
+    check(values)
+    _CHECKED.add(key)
 
 
-def check_engine_settings(quant: DictConfig) -> None:
-    from qgen.quant.engine import FEEDS, TRUE_SEQUENTIAL_COMBINATION, EngineSettings
+def compose_error(message: str) -> str:
+    """Hydra's multi-line composition error as one line that says what is allowed."""
+    from qgen.schema import JOB
 
-    size = quant.get("batch_size", EngineSettings.batch_size)
-    if not _is_int(size) or size < 1:
-        raise QgenError(f"quantizer.batch_size={size!r} is not allowed: use a positive integer")
-    if quant.get("feed", EngineSettings.feed) not in FEEDS:
-        raise QgenError(f"quantizer.feed={quant.feed!r} is not allowed: use one of {', '.join(FEEDS)}")
-    sequential = quant.get("true_sequential", EngineSettings.true_sequential)
-    if not isinstance(sequential, bool):
-        raise QgenError(f"quantizer.true_sequential={sequential!r} is not allowed: use true or false")
-    if not sequential and len(quant.methods or []) > 1:
-        raise QgenError(TRUE_SEQUENTIAL_COMBINATION)
-
-
-def check_datasets(cfg: DictConfig) -> None:
-    from qgen.data import registry
-    from qgen.data.calibration import dataset_names
-
-    names = dataset_names(cfg.calib.dataset)
-    if not names:
-        raise QgenError("calib.dataset is empty; name at least one registered dataset")
-    for name in names:
-        registry.get(name)
-    for entry in cfg.eval_suite.get("perplexity") or []:
-        registry.get(entry.dataset)
+    m = re.match(r"Could not override '([\w.]+)'", message)
+    if m:
+        *parents, key = m.group(1).split(".")
+        section = JOB
+        for part in parents:
+            inner = section.fields.get(part) if not part.isdigit() else getattr(section, "item", None)
+            section = getattr(inner, "item", inner)
+            if section is None or not getattr(section, "fields", None):
+                break
+        if section is not None and getattr(section, "fields", None) and key not in section.fields:
+            where = ".".join(parents) or "the config"
+            return f"{m.group(1)} is not a setting of {where}; settings: {', '.join(section.fields)}"
+        return f"{m.group(1)} is not in this config; to add it use +{m.group(1)}=<value>"
+    if message.startswith("LexerNoViableAltException"):
+        bad = message.splitlines()[0].split(": ", 1)[-1]
+        return f"could not parse the override {bad!r}: quote a value with spaces or symbols, e.g. key='a b'"
+    return message.strip().splitlines()[0]
 
 
 def sweep_overrides(argv: list[str]) -> list[list[str]]:
@@ -158,27 +129,29 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> int:
     """Validate every job of the command line, and the launcher, before anything is loaded or submitted.
     Returns the number of jobs checked."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    from qgen.schema import check_launcher
 
     check_overrides(argv)
     if any(a.startswith("--") and a not in ("--multirun",) for a in argv):
         return 0  # --cfg, --info, --help, ...: Hydra handles those itself
     jobs = sweep_overrides(argv)
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        for overrides in jobs:
+        for n, overrides in enumerate(jobs):
             try:
                 cfg = compose("config", overrides=overrides, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as exc:
-                raise QgenError(str(exc).strip().splitlines()[0]) from None
-            launcher = cfg.hydra.launcher
-            kind = str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
-            missing = sorted(k for k in launcher if OmegaConf.is_missing(launcher, k)
-                             or (k in REQUIRED_LAUNCHER_FIELDS.get(kind, ()) and launcher[k] in (None, "")))
-            if missing:
-                choice = cfg.hydra.runtime.choices.get("launcher", "?")
-                raise QgenError(f"launcher={choice} needs " + ", ".join(f"hydra.launcher.{k}" for k in missing)
-                                + f" (e.g. hydra.launcher.{missing[0]}=<value>)")
-            check_job(cfg)
+                raise QgenError(compose_error(str(exc))) from None
+            HydraConfig.instance().set_config(cfg)  # as for a job: ${hydra:...} resolves
+            choice = cfg.hydra.runtime.choices.get("launcher", "?")
+            try:
+                check_launcher(cfg.hydra, choice)
+                check_job(cfg)
+            except QgenError as exc:
+                if len(jobs) > 1:  # say which job of the sweep
+                    raise QgenError(f"job {n} of {len(jobs)} ({' '.join(overrides) or 'defaults'}): {exc}") from None
+                raise
     return len(jobs)

@@ -79,13 +79,25 @@ def _spec(raw: dict, where: Path) -> DatasetSpec:
     return DatasetSpec(**fields, extra={k: v for k, v in raw.items() if k not in known})
 
 
+def _read_entry(path: Path) -> dict:
+    """One registry file as a mapping; a file that is not valid YAML or not a mapping is one line naming it."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise QgenError(f"{path} could not be read as YAML{at}: fix the file or remove it from "
+                        f"{USER_DIRS_ENV}") from None
+    if not isinstance(raw, dict):
+        raise QgenError(f"{path}: a dataset entry must be a YAML mapping")
+    return raw
+
+
 @cache
 def all_datasets() -> dict[str, DatasetSpec]:
     specs = {}
     for path in registry_files():
-        raw = yaml.safe_load(path.read_text())
-        if not isinstance(raw, dict):
-            raise QgenError(f"{path}: a dataset entry must be a YAML mapping")
+        raw = _read_entry(path)
         if "variants" in raw:
             found = [_spec(_merge(raw.get("base", {}), {**fields, "name": name, "family": path.stem}), path)
                      for name, fields in raw["variants"].items()]
@@ -107,7 +119,7 @@ def families() -> dict[str, dict]:
     """{family: {"group": lm-eval group name, "members": [dataset names]}}."""
     out = {}
     for path in registry_files():
-        raw = yaml.safe_load(path.read_text())
+        raw = _read_entry(path)
         if "variants" in raw:
             out[path.stem] = {"group": raw.get("lm_eval_group", f"qgen_{path.stem}"), "members": list(raw["variants"])}
     return out

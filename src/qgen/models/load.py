@@ -42,7 +42,7 @@ def model_source(cfg) -> str:
         return "random"
     if cfg.get("asset"):
         return "asset"
-    return "local" if looks_like_path(str(cfg.pretrained)) else "hub"
+    return "local" if looks_like_path(str(cfg.get("pretrained"))) else "hub"
 
 
 def load_model(cfg, seed: int):

@@ -94,6 +94,13 @@ def compute_dtype(name: str, device: torch.device, cpuinfo: str | Path = "/proc/
     return torch.float32
 
 
+def check_combination(true_sequential: bool, n_methods: int) -> None:
+    """One observation pass per block (true_sequential off) serves a single method only (the schema checks the
+    config with this too, before anything loads)."""
+    if not true_sequential and n_methods > 1:
+        raise QgenError(TRUE_SEQUENTIAL_COMBINATION)
+
+
 class _StopForward(Exception):
     pass
 
@@ -247,11 +254,8 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
     """Quantize the model's decoder blocks in place; returns {"layers": {path: report}, "blocks": [...],
     "engine": {"dtype": the compute dtype of the block passes, ...}}."""
     dtype = compute_dtype(settings.dtype, device)
-    if settings.feed not in FEEDS:
-        raise QgenError(f"quantizer.feed {settings.feed!r} is not allowed; use one of {', '.join(FEEDS)}")
     needs_data = any(m.needs_calibration for m in methods)
-    if not settings.true_sequential and len(methods) > 1:
-        raise QgenError(TRUE_SEQUENTIAL_COMBINATION)
+    check_combination(settings.true_sequential, len(methods))
     limit_heap_growth()
     if needs_data and input_ids is None:
         raise QgenError("this quantizer needs calibration data, but no calibration set was built")

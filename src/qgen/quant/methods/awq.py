@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from qgen.errors import QgenError
 from qgen.quant.fold import fold_scales
 from qgen.quant.grid import attach_grid, fake_quantize, fit_grid, quantize_weight
 from qgen.quant.methods.base import QuantMethod, SubsetContext, register
+from qgen.spec import Bool, Float, Int, ListOf, Str
 
 
 def _rtn(w: torch.Tensor, fmt) -> torch.Tensor:
@@ -45,17 +45,16 @@ class AWQ(QuantMethod):
     name = "awq"
     needs_calibration = True
 
-    def __init__(self, weight, act, n_grid: int = 20, max_shrink: float = 0.5, clip: bool = True,
-                 clip_tokens: int = 512, clip_skip: tuple = ("q_proj", "k_proj", "W_pack"), token_stride: int = 16,
-                 **hparams):
-        super().__init__(weight, act, **hparams)
-        for key, v in (("n_grid", n_grid), ("clip_tokens", clip_tokens), ("token_stride", token_stride)):
-            if not isinstance(v, int) or v < 1:
-                raise QgenError(f"awq.{key}={v!r} is not allowed: use a positive integer")
-        if not 0 <= max_shrink < 1:
-            raise QgenError(f"awq.max_shrink={max_shrink!r} is not allowed: use a number in [0, 1)")
-        self.n_grid, self.max_shrink, self.clip, self.clip_tokens = n_grid, float(max_shrink), bool(clip), clip_tokens
-        self.clip_skip, self.token_stride = tuple(clip_skip), token_stride
+    settings = {
+        "n_grid": Int(1, default=20, doc="α in {0, 1/n_grid, …} for s = mean|x|^α, and the clipping grid"),
+        "max_shrink": Float(0, 1, hi_open=True, default=0.5,
+                            doc="clipping tries max|w| · (1 - i/n_grid) for i < max_shrink · n_grid"),
+        "clip": Bool(default=True, doc="run the clipping search"),
+        "clip_tokens": Int(1, default=512, doc="tokens used by the clipping search"),
+        "clip_skip": ListOf(item=Str(), default=["q_proj", "k_proj", "W_pack"],
+                            doc="layers not clipped (their outputs meet in q·kᵀ)"),
+        "token_stride": Int(1, default=16, doc="keep every n-th calibration token for the searches"),
+    }
 
     def start(self, ctx: SubsetContext) -> None:
         self.abs_sum, self.count, self.kept = None, 0, []

@@ -7,6 +7,10 @@ weights in place (and may fold scales into `ctx.prev_op`) and returns a small re
 
 In a combination such as awq+gptq, every method but the last only transforms (scales, clips); `ctx.final` tells
 a method whether it must also put the weights on the grid.
+
+A method declares its settings once, in `settings` (qgen.spec: type, allowed values, default); the constructor
+checks what it is given against them, fills the defaults and sets each as an attribute. The config schema
+(qgen.schema) checks `quantizer.methods` against the same declaration before anything loads.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from qgen.errors import QgenError
 from qgen.models.arch import Subset
 from qgen.quant.activations import ActFormat
 from qgen.quant.grid import WeightFormat
+from qgen.spec import Section, Spec
 
 
 @dataclass
@@ -40,12 +45,22 @@ class QuantMethod:
     needs_calibration: ClassVar[bool] = False
     # Its final weights lie on one plain grid (integers, scale, zero), which is what low-bit formats store.
     on_grid: ClassVar[bool] = True
+    settings: ClassVar[dict[str, Spec]] = {}  # name -> spec with its default: the one declaration of each setting
 
     def __init__(self, weight: WeightFormat, act: ActFormat, **hparams):
-        if hparams:
-            raise QgenError(f"quantizer {self.name!r} got unknown settings: {', '.join(sorted(hparams))}")
+        for key, value in self.check_settings(hparams, self.name).items():
+            setattr(self, key, value)
         self.weight = weight
         self.act = act
+        self.check_formats(weight, act)
+
+    @classmethod
+    def check_settings(cls, hparams: dict, path: str) -> dict:
+        """The settings with defaults filled; one line naming `path.<setting>` for an unknown or bad one."""
+        return Section(fields=cls.settings).check(path, dict(hparams))
+
+    def check_formats(self, weight: WeightFormat, act: ActFormat) -> None:
+        """Refuse settings that do not fit the bit formats (e.g. a static activation scale needs per-tensor)."""
 
     def start(self, ctx: SubsetContext) -> None:
         """Reset the statistics for a new subset (methods that need calibration)."""

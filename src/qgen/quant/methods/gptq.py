@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from qgen.errors import QgenError
 from qgen.quant.grid import QuantParams, attach_grid, column_groups, dequantize, fit_grid, quantize_int
 from qgen.quant.hessian import HessianAccumulator, inverse_factor
 from qgen.quant.methods.base import QuantMethod, SubsetContext, register
+from qgen.spec import Bool, Float, Int
 
 
 @register
@@ -26,16 +26,15 @@ class GPTQ(QuantMethod):
     name = "gptq"
     needs_calibration = True
 
-    def __init__(self, weight, act, damp_percent: float = 0.01, block_size: int = 128, desc_act: bool = False,
-                 static_groups: bool = False, **hparams):
-        super().__init__(weight, act, **hparams)
-        if not 0 < damp_percent <= 10:
-            raise QgenError(f"gptq.damp_percent={damp_percent!r} is not allowed: use a number in (0, 10]")
-        if not isinstance(block_size, int) or block_size < 1:
-            raise QgenError(f"gptq.block_size={block_size!r} is not allowed: use a positive integer")
-        self.damp_percent, self.block_size = float(damp_percent), block_size
-        self.desc_act, self.static_groups = bool(desc_act), bool(static_groups)
-        self.hessian: HessianAccumulator | None = None
+    settings = {
+        "damp_percent": Float(0, 10, lo_open=True, default=0.01,
+                              doc="λ = damp_percent · mean(diag H); raised ×10 automatically when Cholesky fails"),
+        "block_size": Int(1, default=128, doc="columns per lazy batch update"),
+        "desc_act": Bool(default=False, doc="act-order: quantize columns by decreasing H_ii"),
+        "static_groups": Bool(default=False, doc="with desc_act: fit every group's grid up front on the original "
+                                                 "weights"),
+    }
+    hessian: HessianAccumulator | None = None
 
     def start(self, ctx: SubsetContext) -> None:
         first = next(iter(ctx.linears.values()))

@@ -17,6 +17,7 @@ from qgen.quant import activations
 from qgen.quant.fold import fold_scales, is_norm
 from qgen.quant.grid import attach_grid, quantize_weight
 from qgen.quant.methods.base import QuantMethod, SubsetContext, register
+from qgen.spec import Bool, Float
 
 
 @register
@@ -24,14 +25,16 @@ class SmoothQuant(QuantMethod):
     name = "smoothquant"
     needs_calibration = True
 
-    def __init__(self, weight, act, alpha: float = 0.5, static: bool = False, **hparams):
-        super().__init__(weight, act, **hparams)
-        if not 0 <= alpha <= 1:
-            raise QgenError(f"smoothquant.alpha={alpha!r} is not allowed: use a number in [0, 1]")
-        if static and act.enabled and act.granularity != "per_tensor":
+    settings = {
+        "alpha": Float(0, 1, default=0.5, doc="migration strength: s = max|x|^α / max|w|^(1-α)"),
+        "static": Bool(default=False, doc="one calibrated per-tensor activation scale (needs "
+                                          "bits.act_granularity=per_tensor)"),
+    }
+
+    def check_formats(self, weight, act) -> None:
+        if self.static and act.enabled and act.granularity != "per_tensor":
             raise QgenError("smoothquant.static=true needs bits.act_granularity=per_tensor (a static scale cannot "
                             "follow each token); use per_tensor or static=false")
-        self.alpha, self.static = float(alpha), bool(static)
 
     def start(self, ctx: SubsetContext) -> None:
         self.act_max = None

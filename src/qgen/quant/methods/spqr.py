@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from qgen.errors import QgenError
 from qgen.quant.grid import WeightFormat, fit_grid, quantize_weight
 from qgen.quant.hessian import HessianAccumulator, inverse_factor
 from qgen.quant.methods.base import QuantMethod, SubsetContext, register
+from qgen.spec import Bool, Float, Int
 
 
 def _round_trip(w, scale, zero, maxq):
@@ -32,21 +32,22 @@ class SpQR(QuantMethod):
     needs_calibration = True
     on_grid = False  # outliers stay in full precision and the group statistics are quantized themselves
 
-    def __init__(self, weight, act, group_size: int = 16, stat_bits: int = 3, stat_group_size: int = 16,
-                 outlier_threshold: float = 0.2, damp_percent: float = 1.0, act_order: bool = True,
-                 block_size: int = 128, **hparams):
+    settings = {
+        "group_size": Int(1, default=16, doc="columns per first-level group"),
+        "stat_bits": Int(1, 8, default=3, doc="bits of the quantized group scales and zeros"),
+        "stat_group_size": Int(1, default=16, doc="rows per group of statistics"),
+        "outlier_threshold": Float(0, lo_open=True, infinite=True, default=0.2,
+                                   doc="relative sensitivity threshold for full-precision outliers"),
+        "damp_percent": Float(0, 10, lo_open=True, default=1.0, doc="SpQR's published --percdamp 1e0"),
+        "act_order": Bool(default=True, doc="permutation_order act_order"),
+        "block_size": Int(1, default=128, doc="columns per lazy batch update"),
+    }
+
+    def __init__(self, weight, act, **hparams):
         super().__init__(weight, act, **hparams)
-        for key, v in (("group_size", group_size), ("stat_bits", stat_bits), ("stat_group_size", stat_group_size),
-                       ("block_size", block_size)):
-            if not isinstance(v, int) or v < 1:
-                raise QgenError(f"spqr.{key}={v!r} is not allowed: use a positive integer")
-        if not outlier_threshold > 0:
-            raise QgenError(f"spqr.outlier_threshold={outlier_threshold!r} is not allowed: use a positive number "
-                            f"(.inf: no outliers)")
-        self.fmt = WeightFormat(weight.bits, group_size, weight.symmetric)
-        self.stats = WeightFormat(stat_bits, stat_group_size)
-        self.threshold, self.damp_percent = float(outlier_threshold), float(damp_percent)
-        self.act_order, self.block_size = bool(act_order), block_size
+        self.fmt = WeightFormat(weight.bits, self.group_size, weight.symmetric)
+        self.stats = WeightFormat(self.stat_bits, self.stat_group_size)
+        self.threshold = self.outlier_threshold
 
     def start(self, ctx: SubsetContext) -> None:
         self.hessian = HessianAccumulator(next(iter(ctx.linears.values())).in_features, ctx.device)

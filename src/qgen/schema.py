@@ -1,0 +1,448 @@
+"""The config schema: every field of every config group, with its type and allowed values, declared once here
+(a quantization method's settings once in its class, `QuantMethod.settings`), and the rules that need more than
+one field or look at the world (files, devices, the dataset registry, lm-eval's tasks).
+
+The checks, each as early as what it needs allows:
+- `check_job(cfg)` — the composed config alone, before anything loads: types and ranges of every field, unknown
+  keys, the rules below, lm-eval task names. `qgen.validate.preflight` runs it for every job of a command line.
+- `check_device(name)` — by the job itself, on the machine it runs on, before the model loads.
+- `check_loaded(cfg, model, adapter)` — right after the model loads, before calibration or quantizing: sequence
+  lengths against the model's positions, the group size against its layer widths, non-finite weights.
+Every refusal is one line naming the field, the value and what is allowed (QgenError, exit code 2).
+The README's config table is generated from this declaration (`python -m qgen.schema --markdown`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import cache
+from pathlib import Path
+
+from qgen.errors import QgenError
+from qgen.quant.engine import DTYPES as ENGINE_DTYPES
+from qgen.quant.engine import FEEDS
+from qgen.quant.methods import METHODS
+from qgen.spec import Anything, Bool, Choice, Either, Float, Int, ListOf, Section, Str, refuse
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+# -- rules: each receives (path of its section, the section's checked values, the whole checked config) ----------
+
+def _methods(root: dict) -> list[dict]:
+    return list(root.get("quantizer", {}).get("methods") or [])
+
+
+def _bits_fit_quantizer(path, bits, root) -> None:
+    if bits["weight_bits"] == 16 and _methods(root):
+        raise QgenError(f"bits.weight_bits=16 is not allowed with quantizer={root['quantizer']['name']}: use an "
+                        f"integer from 2 to 8 (16 only with quantizer=none)")
+
+
+def _method_settings(path, quant, root) -> None:
+    """Each method's settings against its class's declaration; then the methods as built (format rules)."""
+    from qgen.quant.activations import ActFormat
+    from qgen.quant.grid import WeightFormat
+
+    bits = root["bits"]
+    weight = WeightFormat(bits["weight_bits"], bits["group_size"], bits["symmetric"])
+    act = ActFormat(bits["act_bits"], bits["act_granularity"])
+    for i, step in enumerate(quant["methods"]):
+        settings = {k: v for k, v in step.items() if k != "name"}
+        METHODS[step["name"]](weight, act, **METHODS[step["name"]].check_settings(settings,
+                                                                                   f"quantizer.methods.{i}"))
+    from qgen.quant.engine import check_combination
+
+    check_combination(quant.get("true_sequential", True), len(quant["methods"]))
+
+
+def _registered(path: str, name: str) -> None:
+    from qgen.data import registry
+
+    try:
+        registry.get(name)
+    except QgenError as exc:
+        raise QgenError(f"{path}={name!r}: {exc}") from None
+
+
+def _calib_datasets(path, calib, root) -> None:
+    names = [calib["dataset"]] if isinstance(calib["dataset"], str) else calib["dataset"]
+    for i, name in enumerate(names):
+        _registered(f"calib.dataset{'' if isinstance(calib['dataset'], str) else f'.{i}'}", name)
+    weights = calib.get("weights")
+    if weights is not None and len(weights) != len(names):
+        raise QgenError(f"calib.weights has {len(weights)} entries for {len(names)} datasets: give one weight per "
+                        f"dataset of calib.dataset, or null for equal shares")
+
+
+def _suite_scores_something(path, suite, root) -> None:
+    divergence = suite.get("divergence") or {}
+    if not suite["tasks"] and not suite["perplexity"] and not divergence.get("datasets"):
+        raise QgenError(f"eval_suite={suite['name']} has nothing to score: give eval_suite.tasks, "
+                        f"eval_suite.perplexity or eval_suite.divergence.datasets")
+    for i, entry in enumerate(suite["perplexity"]):
+        _registered(f"eval_suite.perplexity.{i}.dataset", entry["dataset"])
+    for i, name in enumerate(divergence.get("datasets") or []):
+        _registered(f"eval_suite.divergence.datasets.{i}", name)
+    for i, task in enumerate(suite["tasks"]):
+        if task not in known_tasks():
+            raise refuse(f"eval_suite.tasks.{i}", task, "a qgen task (qgen_<dataset>, see `qgen datasets`) or an "
+                                                        "lm-eval task name")
+
+
+@cache
+def _qgen_tasks() -> frozenset[str]:
+    """Task and group names of the task YAMLs qgen generates (read from the files, no lm-eval import)."""
+    from qgen.evaluate.suite import TASKS_DIR
+
+    names = set()
+    for f in TASKS_DIR.glob("*.yaml"):
+        for line in f.read_text().splitlines():
+            m = re.match(r"^(task|group):\s*([A-Za-z0-9_.\-]+)\s*$", line)
+            if m:
+                names.add(m.group(2))
+    return frozenset(names)
+
+
+class _KnownTasks:
+    """qgen's own tasks from its YAMLs; any other name is looked up in lm-eval's index (built once, slow)."""
+
+    def __contains__(self, name: str) -> bool:
+        return name in _qgen_tasks() or name in _lm_eval_tasks()
+
+
+@cache
+def _lm_eval_tasks() -> frozenset[str]:
+    from qgen.evaluate.suite import task_manager
+
+    return frozenset(task_manager().all_tasks)
+
+
+def known_tasks() -> _KnownTasks:
+    return _KnownTasks()
+
+
+def check_device(name: str) -> None:
+    """runtime.device exists on the machine the job runs on (a SLURM or Ray job is checked there, not where it is
+    submitted): checked by the job before the model loads."""
+    import torch
+
+    if name == "auto" or name == "cpu":
+        return
+    kind, _, index = name.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise QgenError(f"runtime.device={name} is not allowed: this machine has no CUDA device; use auto or cpu")
+        if index and int(index) >= count:
+            raise QgenError(f"runtime.device={name} is not allowed: this machine has {count} CUDA device(s); use "
+                            f"cuda:0 to cuda:{count - 1}, auto or cpu")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise QgenError(f"runtime.device={name} is not allowed: MPS is not available here; use auto or cpu")
+
+
+def _writable_folder(key: str, value: str) -> None:
+    """The folder exists and is writable, or can be created (its nearest existing ancestor is a writable folder)."""
+    folder = Path(value).expanduser()
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise QgenError(f"{key}={value!r} is not allowed: {probe} is a file, not a folder; give a folder qgen can "
+                        f"write to")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise QgenError(f"{key}={value!r} is not allowed: {probe} is not writable; give a folder qgen can write to")
+
+
+def _paths_writable(path, paths, root) -> None:
+    _writable_folder("paths.output_dir", paths["output_dir"])
+    _writable_folder("paths.qgen_home", paths["qgen_home"])
+
+
+def _model_source(path, model, root) -> None:
+    from qgen.models.load import looks_like_path, model_source
+
+    source = model_source(model)
+    if source == "asset":
+        from qgen.assets import MODEL_ASSETS
+
+        if model["asset"] not in MODEL_ASSETS:
+            raise refuse("model.asset", model["asset"], f"one of {', '.join(sorted(MODEL_ASSETS))}, or null")
+    elif source == "local":
+        check_model_folder(Path(str(model["pretrained"])).expanduser(), model["pretrained"], bool(_methods(root)))
+    elif source == "hub":
+        if model["pretrained"] is None:
+            raise QgenError("model.pretrained is null and the model has no asset or random_init: give a hub id "
+                            "such as HuggingFaceTB/SmolLM2-135M-Instruct or a local folder")
+        if looks_like_path(str(model["pretrained"])) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?",
+                                                                         str(model["pretrained"])):
+            raise QgenError(f"model.pretrained={model['pretrained']!r} is neither a folder nor a hub id "
+                            f"(org/name)")
+
+
+def check_model_folder(folder: Path, given, quantizes: bool) -> None:
+    """A local model folder has a readable config.json (of an architecture qgen can quantize, when it must), weights
+    and a tokenizer — checked before the load, which would otherwise fail deep inside transformers."""
+    if not folder.is_dir():
+        raise QgenError(f"model.pretrained={given!r} does not exist: give an existing local folder or a hub id "
+                        f"such as HuggingFaceTB/SmolLM2-135M-Instruct")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise QgenError(f"model.pretrained={given!r} has no config.json: give a Hugging Face model folder "
+                        f"(config.json, weights, tokenizer)")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise QgenError(f"model.pretrained={given!r}: config.json is not valid JSON ({exc})") from None
+    if not model_type:
+        raise QgenError(f"model.pretrained={given!r}: config.json names no model_type")
+    if quantizes:
+        from qgen.models.arch import adapter_for
+
+        adapter_for(model_type)
+    if not any(next(folder.glob(p), None) for p in WEIGHT_FILES):
+        raise QgenError(f"model.pretrained={given!r} has no weights (*.safetensors or *.bin)")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise QgenError(f"model.pretrained={given!r} has no tokenizer ({', '.join(TOKENIZER_FILES)})")
+
+
+def _export_fits(path, root, _root) -> None:
+    from omegaconf import OmegaConf
+
+    from qgen.quant.export import check_export_config
+
+    check_export_config(OmegaConf.create(root))
+
+
+# -- the declaration ----------------------------------------------------------------------------------------------
+
+NAME = Str(doc="the option's label in output folders and reports")
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+MODEL = Section(fields={
+    "name": NAME,
+    "pretrained": Str(nullable=True, doc="hub id (org/name) or local folder"),
+    "asset": Str(nullable=True, doc="offline asset built by `make assets` (wins over pretrained)"),
+    "revision": Str(nullable=True, doc="hub revision"),
+    "dtype": Choice(values=TORCH_DTYPES, doc="dtype the model is loaded and quantized in"),
+    "trust_remote_code": Bool(doc="run the hub repo's modelling code (Baichuan2)"),
+    "random_init": Section(nullable=True, optional=True, doc="seeded random Llama of this shape (tests)", fields={
+        "hidden_size": Int(1), "intermediate_size": Int(1), "num_hidden_layers": Int(1),
+        "num_attention_heads": Int(1), "num_key_value_heads": Int(1), "max_position_embeddings": Int(2),
+        "tie_word_embeddings": Bool()}),
+}, rules=(_model_source,))
+
+CALIB = Section(fields={
+    "name": NAME,
+    "dataset": Either(options=(Str(text="a registered dataset"), ListOf(item=Str(text="a registered dataset"),
+                                                                       min_len=1)),
+                      doc="registered dataset, or a list for a mixture"),
+    "weights": ListOf(item=Float(0, lo_open=True), nullable=True, doc="mixture shares (null: equal)"),
+    "n_samples": Int(1, 1_000_000, doc="calibration windows"),
+    "seq_len": Int(1, doc="tokens per window (at most the model's positions)"),
+    "seed": Int(0, SEED_MAX, doc="window sampling seed"),
+}, rules=(_calib_datasets,))
+
+METHOD = Section(open=True, fields={  # and the settings METHODS[name].settings declares
+    "name": Choice(values=tuple(sorted(METHODS)), doc="a quantization method (qgen/quant/methods/)")})
+
+QUANTIZER = Section(fields={
+    "name": NAME,
+    "methods": ListOf(item=METHOD, doc="applied in order; each method's settings are declared in its class"),
+    "batch_size": Int(1, optional=True, doc="calibration samples per forward in the engine"),
+    "feed": Choice(values=FEEDS, optional=True,
+                   doc="what the next block sees: the quantized or the original block's outputs"),
+    "true_sequential": Bool(optional=True, doc="re-observe each subset after the previous ones were quantized"),
+    "dtype": Choice(values=ENGINE_DTYPES, optional=True,
+                    doc="compute dtype of the engine's block passes (auto: bf16 on CUDA and AMX/AVX512-BF16 CPUs)"),
+}, rules=(_method_settings,))
+
+BITS = Section(fields={
+    "name": NAME,
+    "weight_bits": Int(2, 8, also=(16,), text="an integer from 2 to 8 (16 only with quantizer=none)"),
+    "act_bits": Choice(values=(4, 6, 8, 16), doc="16: activations not quantized"),
+    "group_size": Int(1, also=(-1,), text="a positive integer, or -1 for per channel",
+                      doc="columns per group (the last may be shorter)"),
+    "symmetric": Bool(),
+    "act_granularity": Choice(values=("per_token", "per_tensor")),
+}, rules=(_bits_fit_quantizer,))
+
+PERPLEXITY = Section(fields={
+    "dataset": Str(text="a registered dataset"),
+    "window": Int(2, doc="tokens per non-overlapping window"),
+    "max_windows": Int(1, nullable=True, default=None),
+})
+
+DIVERGENCE = Section(optional=True, doc="KL(FP || model) and top-1 agreement on held-out text", fields={
+    "datasets": ListOf(item=Str(text="a registered dataset"), default=[]),
+    "window": Int(2, default=512),
+    "max_windows": Int(1, nullable=True, default=None),
+    "max_tokens": Int(1, nullable=True, default=None),
+    "top_k": Int(1, nullable=True, default=64, doc="FP log-probs kept per token (null: all)"),
+    "batch_size": Int(1, default=4),
+})
+
+EVAL_SUITE = Section(fields={
+    "name": NAME,
+    "tasks": ListOf(item=Str(text="a task name"), doc="lm-eval tasks: qgen_<dataset> or lm-eval's own"),
+    "limit": Either(options=(Int(1), Float(0, 1, lo_open=True, hi_open=True)), nullable=True,
+                    doc="items per task (a fraction below 1)"),
+    "num_fewshot": Int(0, nullable=True),
+    "batch_size": Int(1, doc="lm-eval batch size"),
+    "bootstrap_iters": Int(0, doc="lm-eval's stderr bootstrap"),
+    "max_length": Int(1, nullable=True),
+    "perplexity": ListOf(item=PERPLEXITY, doc="corpora scored by perplexity"),
+    "ppl_batch_size": Int(1),
+    "divergence": DIVERGENCE,
+    "groups": Anything(optional=True, doc="scenario groups of the S2/S3 reports (qgen.analysis.groups)"),
+    "categories": ListOf(item=Str(), optional=True, doc="S3 categories"),
+}, rules=(_suite_scores_something,))
+
+LOGGER = Section(fields={
+    "name": Choice(values=("none", "wandb")),
+    "project": Str(optional=True), "entity": Str(nullable=True, optional=True),
+    "mode": Choice(values=("offline", "online", "disabled"), optional=True),
+    "dir": Str(nullable=True, optional=True), "group": Str(nullable=True, optional=True),
+    "tags": ListOf(item=Str(), optional=True),
+})
+
+PATHS = Section(fields={"output_dir": Str(doc="runs and sweeps"), "qgen_home": Str(doc="assets, models, caches")},
+                rules=(_paths_writable,))
+
+RUNTIME = Section(fields={
+    "device": Str(pattern=r"auto|cpu|mps|cuda(:\d+)?", text="auto, cpu, cuda, cuda:N or mps"),
+    "threads": Int(1, nullable=True, doc="torch CPU threads (null: torch's default)"),
+    "eval_dtype": Choice(values=("auto", *TORCH_DTYPES), optional=True, doc="dtype the models are scored in"),
+})
+
+JOB = Section(fields={
+    "model": MODEL, "calib": CALIB, "quantizer": QUANTIZER, "bits": BITS, "eval_suite": EVAL_SUITE,
+    "logger": LOGGER, "paths": PATHS, "runtime": RUNTIME,
+    "task_name": Str(),
+    "seed": Int(0, SEED_MAX),
+    "baseline": Bool(doc="also score the full-precision model"),
+    "resume": Bool(doc="skip jobs already completed"),
+    "cache": Bool(doc="reuse cached calibration sets, quantized blocks and evaluations"),
+    "export": Choice(values=("compressed-tensors",), nullable=True, doc="also write a low-bit checkpoint"),
+}, rules=(_export_fits,))
+
+# The launcher presets write into Hydra's own nodes; the fields qgen's presets set are checked, Hydra's others pass.
+LAUNCHER = Section(open=True, fields={  # Hydra's own defaults may be null
+    "cpus_per_task": Int(1, nullable=True, optional=True), "gpus_per_node": Int(0, nullable=True, optional=True),
+    "tasks_per_node": Int(1, nullable=True, optional=True), "nodes": Int(1, nullable=True, optional=True),
+    "mem_gb": Int(1, nullable=True, optional=True), "timeout_min": Int(1, nullable=True, optional=True),
+    "array_parallelism": Int(1, nullable=True, optional=True),
+    "max_num_timeout": Int(0, nullable=True, optional=True), "partition": Str(nullable=True, optional=True),
+})
+SWEEPER = Section(open=True, fields={"max_batch_size": Int(1, nullable=True, optional=True)})
+REQUIRED_LAUNCHER_FIELDS = {"SlurmLauncher": ("partition", "timeout_min")}
+
+
+def check_job(values: dict) -> dict:
+    """Check a composed job config (plain values, resolved; a `hydra` node is ignored); returns the checked values
+    with the defaults the schema declares filled in."""
+    return JOB.validate({k: v for k, v in values.items() if k != "hydra"})
+
+
+def check_launcher(hydra_cfg, choice: str) -> None:
+    from omegaconf import OmegaConf
+
+    launcher = hydra_cfg.launcher
+    kind = str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
+    missing = sorted(k for k in launcher if OmegaConf.is_missing(launcher, k)
+                     or (k in REQUIRED_LAUNCHER_FIELDS.get(kind, ()) and launcher[k] in (None, "")))
+    if missing:
+        raise QgenError(f"launcher={choice} needs " + ", ".join(f"hydra.launcher.{k}" for k in missing)
+                        + f" (e.g. hydra.launcher.{missing[0]}=<value>)")
+    LAUNCHER.check("hydra.launcher", OmegaConf.to_container(launcher, resolve=True))
+    SWEEPER.check("hydra.sweeper", OmegaConf.to_container(hydra_cfg.sweeper, resolve=True))
+
+
+# -- after the model loads --------------------------------------------------------------------------------------
+
+def max_positions(model) -> int | None:
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "model_max_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_loaded(cfg, model, adapter) -> None:
+    """What needs the loaded model: sequence lengths, group size against layer widths, finite weights."""
+    import torch
+
+    name = cfg.model.name
+    positions = max_positions(model)
+    if positions is not None:
+        lengths = [("calib.seq_len", cfg.calib.seq_len)] if cfg.quantizer.methods else []
+        lengths += [(f"eval_suite.perplexity.{i}.window", e.window) for i, e in enumerate(cfg.eval_suite.perplexity)]
+        divergence = cfg.eval_suite.get("divergence") or {}
+        if divergence.get("datasets"):
+            lengths.append(("eval_suite.divergence.window", divergence.window))
+        if cfg.eval_suite.get("max_length"):
+            lengths.append(("eval_suite.max_length", cfg.eval_suite.max_length))
+        for key, value in lengths:
+            if value > positions:
+                raise QgenError(f"{key}={value} is not allowed: {name} has {positions} positions; use at most "
+                                f"{positions}")
+    if adapter is not None and cfg.bits.group_size != -1:
+        widths = sorted({adapter.block_list(model)[0].get_submodule(p).in_features for p in adapter.linear_names()})
+        if cfg.bits.group_size > widths[-1]:
+            raise QgenError(f"bits.group_size={cfg.bits.group_size} is larger than every layer's input width in "
+                            f"{name} ({', '.join(map(str, widths))}): use at most {widths[-1]}, or -1 for per "
+                            f"channel")
+    for pname, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            raise QgenError(f"model {name} has non-finite weights (NaN or Inf) in {pname}: the checkpoint is damaged")
+
+
+# -- the README's table -------------------------------------------------------------------------------------------
+
+README_MARKERS = ("<!-- config-table: generated by `python -m qgen.schema README.md` -->", "<!-- /config-table -->")
+
+
+def markdown_table() -> str:
+    """Every field of every group with its allowed values, as the README shows it."""
+    rows = ["| field | allowed | meaning |", "|---|---|---|"]
+
+    def walk(prefix: str, section: Section) -> None:
+        for key, spec in section.fields.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if isinstance(spec, Section) and spec.fields and not spec.open:
+                walk(path, spec)
+                continue
+            if isinstance(spec, ListOf) and isinstance(spec.item, Section) and not spec.item.open:
+                walk(f"{path}[]", spec.item)
+                continue
+            rows.append(f"| `{path}` | {spec.allowed()} | {spec.doc} |")
+
+    walk("", JOB)
+    for name, method in sorted(METHODS.items()):
+        for key, spec in method.settings.items():
+            rows.append(f"| `quantizer.methods[{name}].{key}` | {spec.allowed()} (default {spec.default}) | "
+                        f"{spec.doc} |")
+    return "\n".join(rows)
+
+
+def readme_with_table(text: str) -> str:
+    start, end = README_MARKERS
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{markdown_table()}\n{end}{rest.split(end, 1)[1]}"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) > 1:  # rewrite the table inside that file's markers
+        readme = Path(sys.argv[1])
+        readme.write_text(readme_with_table(readme.read_text()))
+    else:
+        print(markdown_table())
