@@ -109,16 +109,16 @@ def build_model(shape: dict, seed: int, device, dtype):
 
 
 def quantizer_settings(name: str, batch_size: int | None, dtype: str):
-    """(method list, engine settings) from conf/quantizer/<name>.yaml, as a job would build them."""
-    from omegaconf import OmegaConf
-
+    """(method list, engine settings) of quantizer=<name>, as a job would build them."""
+    from qgen import conf_store
+    from qgen.job import build_methods
     from qgen.quant.engine import EngineSettings
+    from qgen.quant.methods import method_steps
 
-    node = OmegaConf.load(ROOT / "conf" / "quantizer" / f"{name}.yaml")
-    methods = [(m["name"], {k: v for k, v in OmegaConf.to_container(m).items() if k != "name"})
-               for m in node.methods]
-    settings = EngineSettings.from_config(node)
-    return methods, EngineSettings(batch_size or settings.batch_size, settings.feed, settings.true_sequential, dtype)
+    cfg = conf_store.compose([f"quantizer={name}"])
+    settings = EngineSettings.from_config(cfg.engine, build_methods(cfg)[0])
+    return method_steps(cfg.quantizer.methods), EngineSettings(batch_size or settings.batch_size, settings.feed,
+                                                               settings.true_sequential, dtype)
 
 
 def quantize(model, steps: list, bits: int, group_size: int, ids, device, settings) -> dict:

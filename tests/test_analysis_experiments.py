@@ -26,6 +26,9 @@ def _overrides(path: Path) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def conf(tmp_path_factory):
     """conf/ plus a stand-in for every referenced option that has not landed on this branch yet."""
+    from qgen import conf_store
+
+    conf_store.register()  # the method and engine settings the configs compose from
     root = tmp_path_factory.mktemp("conf") / "conf"
     shutil.copytree(CONF, root)
     for name in EXPERIMENTS:

@@ -42,24 +42,26 @@ BEFORE_ANYTHING_LOADS = [
     ("+calib.min_token=5", "calib.min_token is not a setting of calib"),
     # quantizer and its methods
     ("quantizer=nope", "unknown quantizer option 'nope'"),
-    ("quantizer=gptq quantizer.batch_size=0", "quantizer.batch_size=0 is not allowed: use a positive integer"),
-    ("quantizer=gptq quantizer.feed=fp", "quantizer.feed='fp' is not allowed: use one of quantized, full_precision"),
-    ("quantizer=gptq quantizer.true_sequential=maybe", "quantizer.true_sequential='maybe' is not allowed"),
-    ("quantizer=awq+gptq quantizer.true_sequential=false", "true_sequential=false needs a single method"),
-    ("quantizer=gptq quantizer.methods.0.damp_percent=0", "quantizer.methods.0.damp_percent=0 is not allowed: use a "
-                                                          "number in (0, 10]"),
-    ("quantizer=gptq quantizer.methods.0.name=gptqq", "quantizer.methods.0.name='gptqq' is not allowed: use one of"),
-    ("quantizer=gptq +quantizer.methods.0.blocksize=64", "quantizer.methods.0.blocksize is not a setting"),
-    ("quantizer=gptq quantizer.methods.0.desc_act=sometimes", "quantizer.methods.0.desc_act='sometimes' is not "
+    ("quantizer=gptq engine.batch_size=0", "engine.batch_size=0 is not allowed: use a positive integer"),
+    ("quantizer=gptq engine.feed=fp", "engine.feed='fp' is not allowed: use one of quantized, full_precision"),
+    ("quantizer=gptq engine.true_sequential=maybe", "engine.true_sequential='maybe' is not allowed"),
+    ("quantizer=awq+gptq engine.true_sequential=false", "true_sequential=false needs a single method"),
+    ("quantizer=gptq quantizer.methods.gptq.damp_percent=0",
+     "quantizer.methods.gptq.damp_percent=0 is not allowed: use a number in (0, 10]"),
+    ("quantizer=gptq +quantizer.methods.gptqq={}", "quantizer.methods.gptqq is not a quantization method; use awq"),
+    ("quantizer=gptq +quantizer.methods.gptq.blocksize=64", "quantizer.methods.gptq.blocksize is not a setting"),
+    ("quantizer=gptq quantizer.methods.gptq.desc_act=sometimes", "quantizer.methods.gptq.desc_act='sometimes' is not "
                                                               "allowed: use true or false"),
-    ("quantizer=awq quantizer.methods.0.max_shrink=1.5", "quantizer.methods.0.max_shrink=1.5 is not allowed: use a "
+    ("quantizer=awq quantizer.methods.awq.max_shrink=1.5", "quantizer.methods.awq.max_shrink=1.5 is not allowed: use a "
                                                          "number in [0, 1)"),
-    ("quantizer=awq quantizer.methods.0.n_grid=0", "quantizer.methods.0.n_grid=0 is not allowed"),
-    ("quantizer=smoothquant bits=w8a8 quantizer.methods.0.static=true", "needs bits.act_granularity=per_tensor"),
-    ("quantizer=spqr quantizer.methods.0.outlier_threshold=-1", "quantizer.methods.0.outlier_threshold=-1 is not "
+    ("quantizer=awq quantizer.methods.awq.n_grid=0", "quantizer.methods.awq.n_grid=0 is not allowed"),
+    ("quantizer=smoothquant bits=w8a8 quantizer.methods.smoothquant.static=true",
+     "needs bits.act_granularity=per_tensor"),
+    ("quantizer=spqr quantizer.methods.spqr.outlier_threshold=-1", "quantizer.methods.spqr.outlier_threshold=-1 is not "
                                                                 "allowed"),
-    ("quantizer=gptq +quantizer.dtype=int8", "quantizer.dtype='int8' is not allowed"),
-    ("quantizer=gptq quantizer.dtyp=bfloat16", "quantizer.dtyp is not a setting of quantizer; settings: name"),
+    ("quantizer=gptq engine.dtype=int8", "engine.dtype='int8' is not allowed: use one of auto, float32"),
+    ("quantizer=gptq engine.dtyp=bfloat16", "engine.dtyp is not a setting of engine; settings: batch_size"),
+    ("quantizer=gptq quantizer.batch_size=2", "quantizer.batch_size is not a setting of quantizer; settings: name"),
     # bits
     ("bits.weight_bits=1", "bits.weight_bits=1 is not allowed: use an integer from 2 to 8 (16 only with "
                            "quantizer=none)"),

@@ -5,11 +5,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF, run_qgen
-from qgen.data import calib_configs
+from qgen import conf_store
 from qgen.errors import QgenError
 from qgen.validate import GROUPS, check_job, group_options, hydra_launchers
 
-calib_configs.register()  # as the entry point does: calib=<any registered dataset>
+conf_store.register()  # as the entry point does: method and engine settings, calib=<any registered dataset>
 
 
 def _compose(*overrides):
@@ -51,11 +51,11 @@ def test_every_group_option_composes_and_validates(group, option):
     ("quantizer=spqr export=compressed-tensors", "cannot hold spqr weights"),
     ("quantizer=smoothquant bits=w8a8 export=compressed-tensors", "writes weight-only checkpoints"),
     ("quantizer=none bits=fp16 export=compressed-tensors", "quantizer=none quantizes nothing"),
-    ("quantizer=gptq quantizer.methods.0.desc_act=true export=compressed-tensors", "set static_groups=true"),
-    ("quantizer=gptq quantizer.batch_size=0", "quantizer.batch_size=0 is not allowed: use a positive integer"),
-    ("quantizer=gptq quantizer.feed=fp", "quantizer.feed='fp' is not allowed: use one of quantized, full_precision"),
-    ("quantizer=gptq quantizer.true_sequential=maybe", "quantizer.true_sequential='maybe' is not allowed"),
-    ("quantizer=awq+gptq quantizer.true_sequential=false", "true_sequential=false needs a single method"),
+    ("quantizer=gptq quantizer.methods.gptq.desc_act=true export=compressed-tensors", "set static_groups=true"),
+    ("quantizer=gptq engine.batch_size=0", "engine.batch_size=0 is not allowed: use a positive integer"),
+    ("quantizer=gptq engine.feed=fp", "engine.feed='fp' is not allowed: use one of quantized, full_precision"),
+    ("quantizer=gptq engine.true_sequential=maybe", "engine.true_sequential='maybe' is not allowed"),
+    ("quantizer=awq+gptq engine.true_sequential=false", "true_sequential=false needs a single method"),
 ])
 def test_bad_values_are_rejected_with_one_line(override, message):
     overrides = override.split()

@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from qgen import conf_store
 from qgen.data import calib_configs, registry
 from qgen.data.calibration import build_calibration
 from qgen.models.tiny import byte_tokenizer
@@ -16,7 +17,7 @@ from qgen.models.tiny import byte_tokenizer
 
 @pytest.fixture(scope="module")
 def composed():
-    calib_configs.register()
+    conf_store.register()
 
     def run(*overrides):
         with initialize_config_dir(config_dir=str(calib_configs.CONF_DIR), version_base="1.3"):

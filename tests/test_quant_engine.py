@@ -12,7 +12,7 @@ from qgen.quant.activations import ActFormat
 from qgen.quant.engine import EngineSettings, quantize_model
 from qgen.quant.grid import WeightFormat
 from qgen.quant.methods import build
-from quant_util import calib_ids, layer_errors, quantized, tiny_llama
+from quant_util import CONF, calib_ids, layer_errors, quantized, tiny_llama
 
 pytestmark = pytest.mark.numeric  # also run under every float path: make test-numerics
 
@@ -59,17 +59,34 @@ def test_methods_beat_rtn_without_true_sequential(setup, method):
         assert not worse, worse
 
 
-def test_engine_settings_come_from_the_quantizer_config():
-    from pathlib import Path
+def test_engine_settings_come_from_the_engine_group_and_the_methods_preferences():
+    from qgen import conf_store
+    from qgen.job import build_methods
 
-    from omegaconf import OmegaConf
+    def resolved(*overrides):
+        cfg = conf_store.compose(list(overrides))
+        return EngineSettings.from_config(cfg.engine, build_methods(cfg)[0])
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "quantizer"
-    smooth = EngineSettings.from_config(OmegaConf.load(conf / "smoothquant.yaml"))
-    assert (smooth.batch_size, smooth.feed, smooth.true_sequential) == (4, "quantized", False)
-    assert EngineSettings.from_config(OmegaConf.load(conf / "gptq.yaml")).true_sequential
-    given = EngineSettings.from_config(OmegaConf.create({"name": "x", "batch_size": 2, "feed": "full_precision"}))
-    assert given == EngineSettings(batch_size=2, feed="full_precision", true_sequential=True)  # missing: default
+    assert resolved("quantizer=smoothquant", "bits=w8a8") == EngineSettings(true_sequential=False)  # its preference
+    assert resolved("quantizer=awq") == EngineSettings(batch_size=2)  # AWQ keeps search tokens: batches of 2
+    assert resolved("quantizer=awq+gptq") == EngineSettings(batch_size=2, true_sequential=True)  # a combination
+    assert resolved("quantizer=gptq") == EngineSettings()
+    assert resolved("quantizer=awq", "engine.batch_size=8", "engine.feed=full_precision") == EngineSettings(
+        batch_size=8, feed="full_precision")  # what the config says wins
+    assert resolved("quantizer=smoothquant", "bits=w8a8", "engine.true_sequential=true").true_sequential
+
+
+def test_method_defaults_are_declared_once_in_the_class():
+    from qgen import conf_store
+    from qgen.quant.methods import METHODS
+
+    cfg = conf_store.compose(["quantizer=awq+gptq", "quantizer.methods.gptq.desc_act=true"])
+    assert list(cfg.quantizer.methods) == ["awq", "gptq"]  # in the order applied
+    for name in ("awq", "gptq"):
+        defaults = {k: spec.default for k, spec in METHODS[name].settings.items()}
+        assert dict(cfg.quantizer.methods[name]) == {**defaults, **({"desc_act": True} if name == "gptq" else {})}
+    for yaml_file in (CONF / "quantizer").glob("*.yaml"):  # no yaml repeats a method's settings
+        assert "damp_percent" not in yaml_file.read_text() and "n_grid" not in yaml_file.read_text(), yaml_file
 
 
 def test_a_combination_needs_true_sequential(setup):

@@ -35,12 +35,11 @@ STAGES = ("load_model", "calibration", "reference", "baseline_eval", "quantize",
 def build_methods(cfg: DictConfig):
     from qgen.quant.activations import ActFormat
     from qgen.quant.grid import WeightFormat
-    from qgen.quant.methods import build
+    from qgen.quant.methods import build, method_steps
 
     weight = WeightFormat(cfg.bits.weight_bits, cfg.bits.group_size, cfg.bits.symmetric)
     act = ActFormat(cfg.bits.act_bits, cfg.bits.act_granularity)
-    methods = [build(step.name, weight, act, {k: v for k, v in step.items() if k != "name"})
-               for step in cfg.quantizer.methods]
+    methods = [build(name, weight, act, settings) for name, settings in method_steps(cfg.quantizer.methods)]
     return methods, weight, act
 
 
@@ -294,10 +293,11 @@ class Job:
         identity = {"model": self.model_id, "quantizer": _plain(q), "bits": _plain(self.cfg.bits),
                     # data-free methods do not depend on the calibration set or the seed: one entry serves all
                     "calibration": calib_key, "seed": self.cfg.seed if self.needs_calibration else None}
-        settings = EngineSettings.from_config(q)
+        settings = EngineSettings.from_config(self.cfg.engine, self.methods)
         passes = compute_dtype(settings.dtype, self.device)
-        if self.needs_calibration and passes != torch.float32:  # `auto` differs by machine; fp32 keeps old keys
-            identity["compute_dtype"] = str(passes)
+        if self.needs_calibration:  # how the blocks were walked (as resolved: `auto` differs by machine)
+            identity["engine"] = {"batch_size": settings.batch_size, "feed": settings.feed,
+                                  "true_sequential": settings.true_sequential, "compute_dtype": str(passes)}
 
         def build(folder):
             ids = self.calib.input_ids if self.calib is not None else None

@@ -14,11 +14,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from qgen.data import calib_configs
+from qgen import conf_store
 from qgen.errors import QgenError
 from qgen.validate import preflight
 
-calib_configs.register()  # calib=<any registered dataset> (see qgen/data/calib_configs.py)
+conf_store.register()  # method settings, engine settings, calib=<any registered dataset> (qgen/conf_store.py)
 
 log = logging.getLogger("qgen")
 

@@ -33,8 +33,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 
 # -- rules: each receives (path of its section, the section's checked values, the whole checked config) ----------
 
-def _methods(root: dict) -> list[dict]:
-    return list(root.get("quantizer", {}).get("methods") or [])
+def _methods(root: dict) -> dict:
+    return root.get("quantizer", {}).get("methods") or {}
 
 
 def _bits_fit_quantizer(path, bits, root) -> None:
@@ -43,21 +43,26 @@ def _bits_fit_quantizer(path, bits, root) -> None:
                         f"integer from 2 to 8 (16 only with quantizer=none)")
 
 
-def _method_settings(path, quant, root) -> None:
-    """Each method's settings against its class's declaration; then the methods as built (format rules)."""
+def _method_settings(path, job, root) -> None:
+    """Each method's settings against its class's declaration; then the methods as built (format rules) and the
+    engine's rule for combinations."""
     from qgen.quant.activations import ActFormat
+    from qgen.quant.engine import check_combination
     from qgen.quant.grid import WeightFormat
 
-    bits = root["bits"]
+    bits, methods = root["bits"], root["quantizer"]["methods"]
     weight = WeightFormat(bits["weight_bits"], bits["group_size"], bits["symmetric"])
     act = ActFormat(bits["act_bits"], bits["act_granularity"])
-    for i, step in enumerate(quant["methods"]):
-        settings = {k: v for k, v in step.items() if k != "name"}
-        METHODS[step["name"]](weight, act, **METHODS[step["name"]].check_settings(settings,
-                                                                                   f"quantizer.methods.{i}"))
-    from qgen.quant.engine import check_combination
-
-    check_combination(quant.get("true_sequential", True), len(quant["methods"]))
+    for name, settings in methods.items():
+        if name not in METHODS:
+            raise QgenError(f"quantizer.methods.{name} is not a quantization method; use "
+                            f"{', '.join(sorted(METHODS))}")
+        if not isinstance(settings, dict):
+            raise refuse(f"quantizer.methods.{name}", settings, f"a mapping of {name}'s settings")
+        METHODS[name](weight, act, **METHODS[name].check_settings(settings, f"quantizer.methods.{name}"))
+    engine = root["engine"]
+    if engine["true_sequential"] is not None:
+        check_combination(engine["true_sequential"], len(methods))
 
 
 def _registered(path: str, name: str) -> None:
@@ -249,19 +254,22 @@ CALIB = Section(fields={
     "seed": Int(0, SEED_MAX, doc="window sampling seed"),
 }, rules=(_calib_datasets,))
 
-METHOD = Section(open=True, fields={  # and the settings METHODS[name].settings declares
-    "name": Choice(values=tuple(sorted(METHODS)), doc="a quantization method (qgen/quant/methods/)")})
-
 QUANTIZER = Section(fields={
     "name": NAME,
-    "methods": ListOf(item=METHOD, doc="applied in order; each method's settings are declared in its class"),
-    "batch_size": Int(1, optional=True, doc="calibration samples per forward in the engine"),
-    "feed": Choice(values=FEEDS, optional=True,
-                   doc="what the next block sees: the quantized or the original block's outputs"),
-    "true_sequential": Bool(optional=True, doc="re-observe each subset after the previous ones were quantized"),
-    "dtype": Choice(values=ENGINE_DTYPES, optional=True,
-                    doc="compute dtype of the engine's block passes (auto: bf16 on CUDA and AMX/AVX512-BF16 CPUs)"),
-}, rules=(_method_settings,))
+    "methods": Section(open=True, doc="method name -> its settings, applied in order (each method's settings and "
+                                      "defaults are declared in its class; see below)"),
+})
+
+ENGINE = Section(fields={
+    "batch_size": Int(1, nullable=True, doc="calibration samples per forward (null: the methods' preference, AWQ "
+                                            "2, else 4)"),
+    "feed": Choice(values=FEEDS, doc="what the next block sees: the quantized or the original block's outputs"),
+    "true_sequential": Bool(nullable=True, doc="re-observe each subset after the previous ones were quantized "
+                                               "(false: one pass per block, single method; null: the method's "
+                                               "preference, SmoothQuant false, else true)"),
+    "dtype": Choice(values=ENGINE_DTYPES, doc="compute dtype of the block passes (auto: bf16 on CUDA and on "
+                                              "AMX/AVX512-BF16 CPUs, else fp32)"),
+})
 
 BITS = Section(fields={
     "name": NAME,
@@ -322,7 +330,7 @@ RUNTIME = Section(fields={
 })
 
 JOB = Section(fields={
-    "model": MODEL, "calib": CALIB, "quantizer": QUANTIZER, "bits": BITS, "eval_suite": EVAL_SUITE,
+    "model": MODEL, "calib": CALIB, "quantizer": QUANTIZER, "engine": ENGINE, "bits": BITS, "eval_suite": EVAL_SUITE,
     "logger": LOGGER, "paths": PATHS, "runtime": RUNTIME,
     "task_name": Str(),
     "seed": Int(0, SEED_MAX),
@@ -330,7 +338,7 @@ JOB = Section(fields={
     "resume": Bool(doc="skip jobs already completed"),
     "cache": Bool(doc="reuse cached calibration sets, quantized blocks and evaluations"),
     "export": Choice(values=("compressed-tensors",), nullable=True, doc="also write a low-bit checkpoint"),
-}, rules=(_export_fits,))
+}, rules=(_method_settings, _export_fits))
 
 # The launcher presets write into Hydra's own nodes; the fields qgen's presets set are checked, Hydra's others pass.
 LAUNCHER = Section(open=True, fields={  # Hydra's own defaults may be null
@@ -427,7 +435,7 @@ def markdown_table() -> str:
     walk("", JOB)
     for name, method in sorted(METHODS.items()):
         for key, spec in method.settings.items():
-            rows.append(f"| `quantizer.methods[{name}].{key}` | {spec.allowed()} (default {spec.default}) | "
+            rows.append(f"| `quantizer.methods.{name}.{key}` | {spec.allowed()} (default {spec.default}) | "
                         f"{spec.doc} |")
     return "\n".join(rows)
 

@@ -133,8 +133,10 @@ def preflight(argv: list[str], conf_dir: Path = CONF_DIR) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from qgen import conf_store
     from qgen.schema import check_launcher
 
+    conf_store.register()
     check_overrides(argv)
     if any(a.startswith("--") and a not in ("--multirun",) for a in argv):
         return 0  # --cfg, --info, --help, ...: Hydra handles those itself

@@ -30,7 +30,7 @@ import copy
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -48,23 +48,39 @@ log = logging.getLogger(__name__)
 FEEDS = ("quantized", "full_precision")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # the compute dtype of the block forward passes
 FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 dot products
-TRUE_SEQUENTIAL_COMBINATION = ("quantizer.true_sequential=false needs a single method: in a combination the later "
+TRUE_SEQUENTIAL_COMBINATION = ("engine.true_sequential=false needs a single method: in a combination the later "
                                "method must see the inputs as the earlier one changed them; use true_sequential=true")
+# Settings a method may prefer (QuantMethod.engine_defaults); the config's null means "the methods' preference".
+METHOD_PREFERRED = ("batch_size", "true_sequential")
 
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """How the engine walks the blocks: the `engine` config group (conf/config.yaml; its defaults are these)."""
+
     batch_size: int = 4  # calibration samples per forward
     feed: str = "quantized"  # what the next block sees: outputs of the quantized or of the original block
     true_sequential: bool = True  # re-observe each subset after the previous ones were quantized
     dtype: str = "auto"  # compute dtype of the block forward passes: one of DTYPES (see compute_dtype)
 
     @classmethod
-    def from_config(cls, quantizer) -> EngineSettings:
-        """The engine fields of a `quantizer` config (conf/quantizer/*.yaml); a field it lacks keeps the default."""
-        return cls(int(quantizer.get("batch_size", cls.batch_size)), str(quantizer.get("feed", cls.feed)),
-                   bool(quantizer.get("true_sequential", cls.true_sequential)),
-                   str(quantizer.get("dtype", cls.dtype)))
+    def config_defaults(cls) -> dict:
+        """The `engine` config node: these defaults, with null where the methods' preference decides."""
+        return {f.name: None if f.name in METHOD_PREFERRED else f.default for f in fields(cls)}
+
+    @classmethod
+    def from_config(cls, engine, methods=()) -> EngineSettings:
+        """The settings of an `engine` config node for these methods. A null (or absent) batch_size is the smallest
+        any method prefers (AWQ keeps search tokens: 2), a null true_sequential a single method's preference
+        (SmoothQuant: one pass, as its reference); otherwise the defaults above."""
+        engine = engine or {}
+        values = {f.name: engine.get(f.name) for f in fields(cls)}
+        sizes = [m.engine_defaults["batch_size"] for m in methods if "batch_size" in m.engine_defaults]
+        if values["batch_size"] is None and sizes:
+            values["batch_size"] = min(sizes)
+        if values["true_sequential"] is None and len(methods) == 1:
+            values["true_sequential"] = methods[0].engine_defaults.get("true_sequential")
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
 
 def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:

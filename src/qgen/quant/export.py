@@ -58,28 +58,24 @@ def check_width(name: str, width: int, group_size: int) -> None:
 
 def check_export_config(cfg) -> None:
     """Refuse, before anything loads, a job whose quantized model the export format cannot hold."""
-    from qgen.quant.methods import METHODS
+    from qgen.quant.methods import METHODS, method_steps
 
     fmt = cfg.get("export")
     if fmt is None:
         return
     if fmt not in EXPORT_FORMATS:
         raise QgenError(f"export={fmt!r} is not allowed: use null or one of {', '.join(EXPORT_FORMATS)}")
-    steps = list(cfg.quantizer.methods or [])
+    steps = method_steps(cfg.quantizer.methods)
     if not steps:
         raise QgenError(f"export={fmt} needs quantized weights, but quantizer={cfg.quantizer.name} quantizes nothing")
-    last = steps[-1].name
-    if last in METHODS and not METHODS[last].on_grid:
-        exportable = ", ".join(sorted(n for n, m in METHODS.items() if m.on_grid))
-        raise QgenError(f"export={fmt} cannot hold {last} weights (they are not on one plain grid); "
-                        f"export a model quantized with {exportable}")
     if cfg.bits.act_bits < 16:
         raise QgenError(f"export={fmt} writes weight-only checkpoints, but bits={cfg.bits.name} also quantizes "
                         f"activations (act_bits {cfg.bits.act_bits}); use an a16 bits option")
-    for step in steps:
-        if step.name == "gptq" and step.get("desc_act") and not step.get("static_groups"):
-            raise QgenError(f"export={fmt} cannot hold GPTQ act-order groups scattered over the columns; "
-                            f"set static_groups=true with desc_act=true, or desc_act=false")
+    for i, (name, settings) in enumerate(steps):
+        reason = METHODS[name].export_refusal(settings, final=i == len(steps) - 1) if name in METHODS else None
+        if reason:
+            exportable = ", ".join(sorted(n for n, m in METHODS.items() if m.on_grid))
+            raise QgenError(f"export={fmt} cannot hold {name} weights: {reason} (weight-only {exportable} export)")
 
 
 def check_export_widths(model: nn.Module, adapter, group_size: int) -> None:

@@ -46,6 +46,8 @@ class QuantMethod:
     # Its final weights lie on one plain grid (integers, scale, zero), which is what low-bit formats store.
     on_grid: ClassVar[bool] = True
     settings: ClassVar[dict[str, Spec]] = {}  # name -> spec with its default: the one declaration of each setting
+    # what the method prefers of the engine where the `engine` config leaves it null (qgen.quant.engine)
+    engine_defaults: ClassVar[dict] = {}
 
     def __init__(self, weight: WeightFormat, act: ActFormat, **hparams):
         for key, value in self.check_settings(hparams, self.name).items():
@@ -61,6 +63,14 @@ class QuantMethod:
 
     def check_formats(self, weight: WeightFormat, act: ActFormat) -> None:
         """Refuse settings that do not fit the bit formats (e.g. a static activation scale needs per-tensor)."""
+
+    @classmethod
+    def export_refusal(cls, settings: dict, final: bool) -> str | None:
+        """Why a low-bit checkpoint cannot hold what this method (the last of the list when `final`) leaves with
+        these settings; None: it can."""
+        if final and not cls.on_grid:
+            return "they are not on one plain grid"
+        return None
 
     def start(self, ctx: SubsetContext) -> None:
         """Reset the statistics for a new subset (methods that need calibration)."""
@@ -78,6 +88,19 @@ METHODS: dict[str, type[QuantMethod]] = {}
 def register(cls: type[QuantMethod]) -> type[QuantMethod]:
     METHODS[cls.name] = cls
     return cls
+
+
+def method_steps(methods) -> list[tuple[str, dict]]:
+    """[(method name, its settings)] of a quantizer config's `methods`: a mapping name -> settings, in order (what
+    conf/quantizer/*.yaml compose to), or the list of {name, settings...} that results.json files written before
+    2026-12 hold."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(methods):
+        methods = OmegaConf.to_container(methods, resolve=True)
+    if isinstance(methods, dict):
+        return [(name, dict(settings or {})) for name, settings in methods.items()]
+    return [(step["name"], {k: v for k, v in step.items() if k != "name"}) for step in methods or []]
 
 
 def build(name: str, weight: WeightFormat, act: ActFormat, hparams: dict) -> QuantMethod:

@@ -36,6 +36,13 @@ class GPTQ(QuantMethod):
     }
     hessian: HessianAccumulator | None = None
 
+    @classmethod
+    def export_refusal(cls, settings: dict, final: bool) -> str | None:
+        if settings.get("desc_act", False) and not settings.get("static_groups", False):
+            return ("act-order groups are scattered over the columns; set static_groups=true with desc_act=true, "
+                    "or desc_act=false")
+        return super().export_refusal(settings, final)
+
     def start(self, ctx: SubsetContext) -> None:
         first = next(iter(ctx.linears.values()))
         self.hessian = HessianAccumulator(first.in_features, ctx.device)

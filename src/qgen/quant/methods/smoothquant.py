@@ -25,6 +25,7 @@ class SmoothQuant(QuantMethod):
     name = "smoothquant"
     needs_calibration = True
 
+    engine_defaults = {"true_sequential": False}  # one observation pass per block, as the reference
     settings = {
         "alpha": Float(0, 1, default=0.5, doc="migration strength: s = max|x|^α / max|w|^(1-α)"),
         "static": Bool(default=False, doc="one calibrated per-tensor activation scale (needs "
