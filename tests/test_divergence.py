@@ -77,7 +77,7 @@ def test_settings_refuse_bad_values():
     assert DivergenceSettings.from_suite(suite(datasets=[])) is None
     s = DivergenceSettings.from_suite(suite(datasets=["xsum"], window=128, top_k=None))
     assert s.protocol == "nonoverlap_w128_full" and s.names["agree"] == "top1_agree_nonoverlap_w128"
-    for bad, match in ((dict(top_k=0), "top_k=0"), (dict(window=1), "window=1"), (dict(colour=1), "unknown key"),
+    for bad, match in ((dict(top_k=0), "top_k=0"), (dict(window=1), "window=1"), (dict(colour=1), "is not a setting"),
                        (dict(max_windows=-2), "max_windows=-2"), (dict(batch_size=True), "batch_size=True")):
         with pytest.raises(QgenError, match=match):
             DivergenceSettings.from_suite(suite(datasets=["xsum"], **bad))

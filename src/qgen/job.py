@@ -383,20 +383,10 @@ def export_job(job_dir: Path, out: Path | None = None, fmt: str = "compressed-te
         return job.export(Path(out) if out else Path(job_dir) / "export")
 
 
-def check_scoring(cfg: DictConfig) -> None:
-    """runtime.eval_dtype and eval_suite.divergence, checked before anything loads (one-line QgenErrors)."""
-    from qgen.evaluate.divergence import check_divergence
-    from qgen.evaluate.dtype import check_eval_dtype
-
-    check_eval_dtype(cfg.runtime.get("eval_dtype", "auto"))
-    check_divergence(cfg.eval_suite)
-
-
 def run_job(cfg: DictConfig, out_dir: Path) -> dict:
     """Run one job; raises QgenError for bad input (before anything loads) and re-raises any failure after
     recording it (status, stage reached, error, traceback.txt)."""
     check_job(cfg)
-    check_scoring(cfg)
     check_device(cfg.runtime.device)  # on the machine the job runs on, before anything loads
     os.environ["QGEN_HOME"] = str(cfg.paths.qgen_home)
     previous = skip_if_done(cfg, out_dir)

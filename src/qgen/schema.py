@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from qgen.errors import QgenError
+from qgen.evaluate.dtype import EVAL_DTYPES
 from qgen.quant.engine import DTYPES as ENGINE_DTYPES
 from qgen.quant.engine import FEEDS
 from qgen.quant.methods import METHODS
@@ -287,10 +288,10 @@ PERPLEXITY = Section(fields={
     "max_windows": Int(1, nullable=True, default=None),
 })
 
-DIVERGENCE = Section(optional=True, doc="KL(FP || model) and top-1 agreement on held-out text", fields={
-    "datasets": ListOf(item=Str(text="a registered dataset"), default=[]),
-    "window": Int(2, default=512),
-    "max_windows": Int(1, nullable=True, default=None),
+DIVERGENCE = Section(optional=True, nullable=True, doc="KL(FP || model) and top-1 agreement on held-out text", fields={
+    "datasets": ListOf(item=Str(text="a registered dataset"), default=[], doc="empty: off"),
+    "window": Int(2, default=512, doc="tokens per non-overlapping window"),
+    "max_windows": Int(1, nullable=True, default=16),
     "max_tokens": Int(1, nullable=True, default=None),
     "top_k": Int(1, nullable=True, default=64, doc="FP log-probs kept per token (null: all)"),
     "batch_size": Int(1, default=4),
@@ -326,7 +327,8 @@ PATHS = Section(fields={"output_dir": Str(doc="runs and sweeps"), "qgen_home": S
 RUNTIME = Section(fields={
     "device": Str(pattern=r"auto|cpu|mps|cuda(:\d+)?", text="auto, cpu, cuda, cuda:N or mps"),
     "threads": Int(1, nullable=True, doc="torch CPU threads (null: torch's default)"),
-    "eval_dtype": Choice(values=("auto", *TORCH_DTYPES), optional=True, doc="dtype the models are scored in"),
+    "eval_dtype": Choice(values=EVAL_DTYPES, optional=True, doc="dtype the models are scored in (auto: bf16 on CUDA, "
+                                                                "else model.dtype)"),
 })
 
 JOB = Section(fields={

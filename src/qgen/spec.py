@@ -259,8 +259,12 @@ class Section(Spec):
     def validate(self, value: Mapping) -> dict:
         """Check every field of the tree, then every rule (in declaration order, outer sections after inner
         ones), each rule seeing the checked values of its section and of the whole tree."""
+        return self.validate_at("", value)
+
+    def validate_at(self, path: str, value: Mapping) -> dict:
+        """`validate` for a section that sits at `path` in a larger config (its messages name the full path)."""
         pending: list = []
-        out = self.check("", value, pending)
+        out = self.check(path, value, pending)
         for rule, path, section in pending:
             rule(path, section, out)
         return out

@@ -49,15 +49,6 @@ def metric_names(window: int, top_k: int | None) -> dict[str, str]:
             "agree": f"top1_agree_nonoverlap_w{window}"}
 
 
-def _positive_int(value, key: str, allow_null: bool, minimum: int = 1) -> None:
-    ok = (value is None and allow_null) or (isinstance(value, int) and not isinstance(value, bool)
-                                            and value >= minimum)
-    if not ok:  # worded as qgen.schema words the same fields
-        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
-        raise QgenError(f"eval_suite.divergence.{key}={value!r} is not allowed: use {what}"
-                        f"{', or null' if allow_null else ''}")
-
-
 @dataclass(frozen=True)
 class DivergenceSettings:
     datasets: tuple[str, ...]
@@ -71,30 +62,16 @@ class DivergenceSettings:
     def from_suite(cls, suite) -> DivergenceSettings | None:
         """The suite's settings, or None when it has no divergence section (null) or names no dataset; bad
         values are one-line QgenErrors naming what is allowed."""
+        from qgen.schema import DIVERGENCE
+
         node = suite.get("divergence") if suite is not None else None
         if node is None:
             return None
         raw = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-        if not isinstance(raw, dict):
-            raise QgenError(f"eval_suite.divergence={raw!r} is not allowed: use null or a section with "
-                            f"{', '.join(KEYS)}")
-        unknown = sorted(set(raw) - set(KEYS))
-        if unknown:
-            raise QgenError(f"eval_suite.divergence has unknown key(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(KEYS)}")
-        datasets = raw.get("datasets") or []
-        if isinstance(datasets, str) or not all(isinstance(d, str) for d in datasets):
-            raise QgenError(f"eval_suite.divergence.datasets={datasets!r} is not allowed: use a list of registered "
-                            f"dataset names (qgen datasets)")
-        if not datasets:
+        values = DIVERGENCE.validate_at("eval_suite.divergence", raw)  # the schema's declaration of these fields
+        if not values["datasets"]:
             return None
-        out = cls(tuple(datasets), **{k: raw[k] for k in KEYS[1:] if k in raw})
-        _positive_int(out.window, "window", False, minimum=2)
-        _positive_int(out.max_windows, "max_windows", True)
-        _positive_int(out.max_tokens, "max_tokens", True)
-        _positive_int(out.top_k, "top_k", True)
-        _positive_int(out.batch_size, "batch_size", False)
-        return out
+        return cls(tuple(values["datasets"]), **{k: values[k] for k in KEYS[1:]})
 
     @property
     def protocol(self) -> str:
@@ -108,16 +85,6 @@ class DivergenceSettings:
         """What decides a reference (batch_size does not)."""
         return {"protocol": self.protocol, "window": self.window, "max_windows": self.max_windows,
                 "max_tokens": self.max_tokens, "top_k": self.top_k}
-
-
-def check_divergence(suite) -> DivergenceSettings | None:
-    """Validate the suite's divergence section, its datasets included (before anything loads)."""
-    from qgen.data import registry
-
-    settings = DivergenceSettings.from_suite(suite)
-    for name in settings.datasets if settings else ():
-        registry.get(name)
-    return settings
 
 
 def windows(tokenizer, dataset: str, settings: DivergenceSettings) -> torch.Tensor:

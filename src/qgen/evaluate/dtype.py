@@ -16,14 +16,13 @@ when transformers loads a model in bf16.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 from qgen.errors import QgenError
+from qgen.hardware import cpu_flags, cpu_has_fast_bf16  # noqa: F401 (cpu_flags: part of this module's API)
 
 EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # Whether `auto` picks bf16 on a CPU with BF16_CPU_FLAGS (decided from benchmarks/eval_dtype.py; see the docstring).
 AUTO_BF16_ON_CPU = False
 
@@ -31,24 +30,6 @@ AUTO_BF16_ON_CPU = False
 def check_eval_dtype(value) -> None:
     if value not in EVAL_DTYPES:
         raise QgenError(f"runtime.eval_dtype={value!r} is not allowed: use one of {', '.join(EVAL_DTYPES)}")
-
-
-def cpu_flags(path: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU feature flags of the first processor in /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
-def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
-    flags = cpu_flags() if flags is None else flags
-    return any(f in flags for f in BF16_CPU_FLAGS)
 
 
 def resolve_eval_dtype(name: str | None, device: torch.device | str, model_dtype: str,

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qgen.errors import QgenError
+from qgen.hardware import cpu_bf16_flags
 from qgen.models.arch import ArchAdapter
 from qgen.quant import activations
 from qgen.quant.activations import ActFormat
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 FEEDS = ("quantized", "full_precision")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # the compute dtype of the block forward passes
-FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 dot products
 TRUE_SEQUENTIAL_COMBINATION = ("engine.true_sequential=false needs a single method: in a combination the later "
                                "method must see the inputs as the earlier one changed them; use true_sequential=true")
 # Settings a method may prefer (QuantMethod.engine_defaults); the config's null means "the methods' preference".
@@ -81,17 +81,6 @@ class EngineSettings:
         if values["true_sequential"] is None and len(methods) == 1:
             values["true_sequential"] = methods[0].engine_defaults.get("true_sequential")
         return cls(**{k: v for k, v in values.items() if v is not None})
-
-
-def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
-    """Which of FAST_BF16_FLAGS the CPU reports (read from /proc/cpuinfo; none where it cannot be read)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    flags = set(line.partition(":")[2].split())
-    return [f for f in FAST_BF16_FLAGS if f in flags]
 
 
 def compute_dtype(name: str, device: torch.device, cpuinfo: str | Path = "/proc/cpuinfo") -> torch.dtype:
