@@ -4,7 +4,10 @@ categories): rows are calibration sets, columns test sets, a cell is the primary
 A cell is in-distribution (ID) when the calibration set is the test set. For every test column that has an ID row
 and at least one out-of-distribution (OOD) row, the ID cell is compared with each OOD cell by a paired bootstrap
 over the test items (the research's win count: how often ID calibration wins) and with the best OOD cell (the
-ID − best-OOD gap; positive means ID calibration is better, for perplexity, KL and flips too).
+ID − best-OOD gap; positive means ID calibration is better, for perplexity, KL and flips too). Where both cells ran
+with at least 2 seeds, each comparison also gets a Welch t-test over the seeds (qgen.analysis.stats), and that one
+decides the claim's verdict: the item bootstrap holds the calibration draws fixed, the seed test asks whether the
+calibration *set* helps across its draws. With one seed a side the item verdict stands, and the table says so.
 
 A family gets one matrix per kind of task and metric: the lm-eval score (acc, …) and the answer-flip rate against
 FP (`flip_rate`) of its `qgen_` tasks, the perplexity of its `ppl/` tasks, and the mean KL to FP and the top-1
@@ -20,7 +23,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from qgen.analysis.s1 import item_counts, mean_count
-from qgen.analysis.stats import VERDICTS, compare_items, higher_is_better, result_fields, seed_summary
+from qgen.analysis.stats import (
+    VERDICTS,
+    compare_items,
+    higher_is_better,
+    result_fields,
+    seed_comparison,
+    seed_fields,
+    seed_summary,
+)
 from qgen.analysis.tables import Cell, Table, ci_text, digits_for, mde_text, verdict_marks
 from qgen.analysis.tidy import FP_LABEL, KL_PREFIX, PPL_PREFIX, TASK_PREFIX, Samples
 from qgen.errors import QgenError
@@ -42,6 +53,7 @@ class Matrix:
     sig: set  # (calib, test) cells whose ID-vs-best-OOD comparison is significant
     tasks: dict = field(default_factory=dict)  # test -> the task its column scores
     n_items: pd.DataFrame | None = None  # calib × test: items behind each cell (mean over seeds)
+    per_seed: dict = field(default_factory=dict)  # (calib, test) -> Series seed -> value
 
     @property
     def title(self) -> str:
@@ -97,20 +109,23 @@ def _matrix(family, setting, spec, metric, g, members, cols, counts) -> Matrix:
                                                                  if c in members else 0, c))
     mean = pd.DataFrame(math.nan, index=calibs, columns=members)
     std, n, items = mean.copy(), mean.copy(), mean.copy()
-    dirs = {}
+    dirs, per_seed = {}, {}
     count_task = {m: cols[m] for m in members}
     for (calib, test), cell in g.groupby(["calib_dataset", "test"]):
         s = seed_summary(cell["value"])
         mean.loc[calib, test], std.loc[calib, test], n.loc[calib, test] = s["mean"], s["std"], s["n_seeds"]
         dirs[(calib, test)] = tuple(sorted(cell["dir"]))
+        per_seed[(calib, test)] = cell.groupby("seed")["value"].mean()
         items.loc[calib, test] = mean_count(counts, cell["dir"], count_task[test])
     fp = g.groupby("test")["fp_value"].mean().reindex(members)
     return Matrix(family, setting, spec.get("in_distribution"), metric, mean, std, n, fp, dirs, set(),
-                  tasks=count_task, n_items=items)
+                  tasks=count_task, n_items=items, per_seed=per_seed)
 
 
 def comparisons(m: Matrix, samples: Samples, n_boot: int, alpha: float) -> pd.DataFrame:
-    """Every ID-vs-OOD claim of a matrix: one row per (test column, OOD calibration), with its bootstrap CI."""
+    """Every ID-vs-OOD claim of a matrix: one row per (test column, OOD calibration), with its item-bootstrap CI
+    (ci_low/ci_high, mde, item_verdict) and, with >= 2 seeds a side, its seed-level Welch CI (seed_*); `verdict` and
+    `significant` are the seed-level ones where that test ran, else the item-level ones."""
     rows = []
     sign = 1 if m.higher_better else -1
     for test in m.mean.columns:
@@ -128,13 +143,19 @@ def comparisons(m: Matrix, samples: Samples, n_boot: int, alpha: float) -> pd.Da
                                     n_boot, alpha)
             gap = sign * (m.mean.loc[test, test] - m.mean.loc[calib, test])
             fields = result_fields(res)
-            if sign < 0:  # the CI of the gap, in the "ID is better" direction
+            seeds = seed_fields(seed_comparison(m.per_seed.get((test, test)), m.per_seed.get((calib, test)), alpha))
+            if sign < 0:  # the CIs of the gap, in the "ID is better" direction
                 fields["ci_low"], fields["ci_high"] = -fields["ci_high"], -fields["ci_low"]
+                seeds["seed_ci_low"], seeds["seed_ci_high"] = -seeds["seed_ci_high"], -seeds["seed_ci_low"]
+            fields["item_verdict"], fields["item_significant"] = fields["verdict"], fields["significant"]
+            if seeds["seed_verdict"] != "not tested":
+                fields["verdict"], fields["significant"] = seeds["seed_verdict"], seeds["seed_significant"]
+            fields.update(seeds)
             rows.append({**m.setting, "family": m.family, "metric": m.metric, "test": test, "id_calib": test,
                          "ood_calib": calib, "best_ood": calib == best, "id_value": m.mean.loc[test, test],
                          "ood_value": m.mean.loc[calib, test], "gap": gap,
                          "outcome": "win" if gap > 0 else "tie" if gap == 0 else "loss", **fields})
-            if calib == best and res is not None and res.significant:
+            if calib == best and fields["significant"]:
                 m.sig.add((test, test))
     return pd.DataFrame(rows)
 
@@ -165,7 +186,8 @@ def matrix_table(m: Matrix, name: str) -> Table:
     notes = [(f"Metric: {m.metric} ({'higher' if m.higher_better else 'lower'} is better); rows: calibration set, "
               "columns: test set."),
              ("**Bold**: in-distribution cell (calibration set = test set); *: it differs significantly from the "
-              "best out-of-distribution calibration on that test set (paired bootstrap over items, 95% CI). "
+              "best out-of-distribution calibration on that test set (95% CI: Welch t over seeds where both cells "
+              "have ≥ 2 seeds, else paired bootstrap over items). "
               f"[n=…]: {_unit(m)} behind the cell (mean over seeds).")]
     if m.in_distribution:
         notes.append(f"The family's in-distribution member: {m.in_distribution} (marked ID in the header).")
@@ -218,17 +240,20 @@ def win_table(claims: pd.DataFrame, name: str, title: str) -> Table:
                      "significant wins / losses": f"{stats['significant_wins']} / {stats['significant_losses']}",
                      "ID best (test sets)": f"{stats['id_best']}/{stats['tests']}",
                      "…significantly": stats["id_best_significant"],
-                     "no difference / too few items": f"{stats['verdict_no_difference']} / "
-                                                      f"{stats['verdict_too_few_items']}",
+                     "no difference / too few items / seeds": f"{stats['verdict_no_difference']} / "
+                                                              f"{stats['verdict_too_few_items']} / "
+                                                              f"{stats['verdict_too_few_seeds']}",
                      "median MDE": mde_text(stats["median_mde"]),
                      "gap to best OOD": Cell(stats["mean_gap_to_best_ood"], digits=4, signed=True)})
     notes = [("Pairs: (test set, OOD calibration set) compared with the ID calibration on that test set. Gap: "
               "ID − best OOD score per test set, averaged (positive: ID calibration is better; perplexity sign "
               "flipped)."),
-             ("Significant: the paired bootstrap 95% CI of the difference over test items excludes 0 (tasks with "
-              "per-item scores only; perplexity has none). No difference: not significant, and the CI excludes "
-              "every difference as large as the pair's minimum detectable difference (MDE, 80% power, two-sided "
-              "α = 0.05); too few items: neither — a difference of the detectable size is not ruled out.")]
+             ("Significant: the 95% CI of the difference excludes 0 — the Welch t-interval over seeds where both "
+              "cells ran with ≥ 2 seeds (does the calibration set help across its draws?), else the paired "
+              "bootstrap over test items (tasks with per-item scores only; perplexity has none). No difference: "
+              "not significant, and the CI excludes every difference as large as the test's minimum detectable "
+              "difference (MDE, 80% power, two-sided α = 0.05); too few items / too few seeds: neither — a "
+              "difference of the detectable size is not ruled out. Median MDE: the item-level one.")]
     return Table(name, title, pd.DataFrame(rows), pd.DataFrame(data), notes)
 
 
@@ -236,11 +261,23 @@ def claims_table(claims: pd.DataFrame, name: str, title: str) -> Table:
     rows = [{"Setting": f"{r.model} {r.quantizer} {r.bits} n={r.n_samples} len={r.seq_len}",
              "Family": r.family, "Metric": r.metric, "Test": r.test, "ID calib": r.id_calib, "OOD calib": r.ood_calib,
              "Gap (ID − OOD)": Cell(r.gap, digits=4, signed=True, marks=verdict_marks(r.verdict), n=r.n_items),
-             "95% CI": ci_text(r.ci_low, r.ci_high),
-             "p": "–" if math.isnan(r.p_value) else f"{r.p_value:.3f}", "MDE": mde_text(r.mde),
+             "95% CI (items)": ci_text(r.ci_low, r.ci_high),
+             "p": "–" if math.isnan(r.p_value) else f"{r.p_value:.3f}", "MDE (items)": mde_text(r.mde),
+             "item verdict": r.item_verdict,
+             "seeds": "–" if math.isnan(r.seeds_a) else f"{r.seeds_a:.0f} / {r.seeds_b:.0f}",
+             "95% CI (seeds)": ci_text(r.seed_ci_low, r.seed_ci_high), "MDE (seeds)": mde_text(r.seed_mde),
+             "seeds to detect the gap": _seeds_text(r.seeds_for_gap),
              "verdict": r.verdict} for r in claims.itertuples()]
     return Table(name, title, pd.DataFrame(rows), claims,
-                 ["Every ID-vs-OOD claim with its paired-bootstrap 95% CI over test items (gap sign: positive = ID "
-                  "better, also where lower is better); [n=…]: items paired; *: CI excludes 0; ≈ / 'no difference': "
-                  "the CI excludes every difference as large as the MDE (80% power, two-sided α = 0.05); 'too few "
-                  "items': neither."])
+                 ["Every ID-vs-OOD claim (gap sign: positive = ID better, also where lower is better). Items: the "
+                  "paired-bootstrap 95% CI over test items, the calibration draws held fixed; [n=…]: items paired. "
+                  "Seeds: the Welch 95% t-interval over the seeds (ID seeds / OOD seeds, each seed a calibration "
+                  "draw scored on the same items), where both sides have ≥ 2; seeds to detect the gap: seeds per "
+                  "calibration set that would detect the observed gap at 80% power from the observed spreads. "
+                  "verdict: the seed-level one where that test ran, else the item-level one; *: CI excludes 0; "
+                  "≈ / 'no difference': the CI excludes every difference as large as the MDE (80% power, two-sided "
+                  "α = 0.05); 'too few items' / 'too few seeds': neither."])
+
+
+def _seeds_text(k: float) -> str:
+    return "–" if math.isnan(k) else "> 1000" if math.isinf(k) else f"{k:.0f}"

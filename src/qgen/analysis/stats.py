@@ -23,6 +23,16 @@ it does not and the CI excludes every difference at least as large as the MDE (-
 otherwise `too few items` to tell: a difference of the detectable size is still inside the CI. Binary scores with
 an MDE of 1 or more (7 items or fewer) are always `too few items`: no difference could be detected on them.
 
+Seeds. The item bootstrap holds each configuration's calibration draw fixed: it says whether *these* quantized
+models differ on the test items. Whether a calibration *set* helps is a claim over its draws (the seed picks the
+calibration windows), so where both configurations ran with at least 2 seeds, `seed_comparison` adds a Welch t-test
+over the per-seed values (each seed's value is that job's mean over the same test items; the seeds of two calibration
+sets are independent draws, so they are not paired): the difference of the seed means, its 95 % t-interval with
+Welch–Satterthwaite degrees of freedom, and its MDE = (t_{1-α/2,df} + t_{0.8,df})·se. Its verdict is `different`,
+`no difference` (CI inside ±MDE) or `too few seeds`. `seeds_needed` gives the number of seeds per configuration that
+would detect a given difference at 80 % power from the observed seed spreads. The item set is fixed in this test;
+the item bootstrap covers item sampling.
+
 Answer flips (Dutta et al. 2024): for binary per-item scores of a reference (the FP model) and a candidate (the
 quantized model) on the same items, `flip_table` counts correct→wrong and wrong→correct items, their rates, and
 paired-bootstrap CIs of both rates (the same item resampling as above).
@@ -41,7 +51,8 @@ from qgen.errors import QgenError
 
 POWER = 0.8
 DIFFERENT, NO_DIFFERENCE, TOO_FEW = "different", "no difference", "too few items"
-VERDICTS = (DIFFERENT, NO_DIFFERENCE, TOO_FEW)
+TOO_FEW_SEEDS = "too few seeds"
+VERDICTS = (DIFFERENT, NO_DIFFERENCE, TOO_FEW, TOO_FEW_SEEDS)
 
 
 def z_power(alpha: float = 0.05, power: float = POWER) -> float:
@@ -129,6 +140,84 @@ def result_fields(res: PairedResult | None) -> dict:
                 "significant": False, "mde": math.nan, "verdict": "not tested", "tested": False}
     return {"ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value, "n_items": res.n_items,
             "significant": bool(res.significant), "mde": res.mde, "verdict": res.verdict, "tested": True}
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """Welch t-test of configuration A against B over their seeds (module docstring)."""
+    seeds_a: int
+    seeds_b: int
+    diff: float  # mean over A's seeds - mean over B's seeds
+    se: float
+    df: float
+    ci_low: float
+    ci_high: float
+    mde: float
+    significant: bool
+    verdict: str
+    seeds_for_diff: float  # seeds per configuration that would detect |diff| at 80 % power (inf: none would)
+
+
+def _t(q: float, df: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+def _welch(var_a: float, var_b: float, k_a: int, k_b: int) -> tuple[float, float]:
+    """(se, df) of a difference of two means with per-seed variances var_a, var_b over k_a, k_b seeds."""
+    va, vb = var_a / k_a, var_b / k_b
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return 0.0, float(k_a + k_b - 2)
+    return se, (va + vb) ** 2 / (va**2 / (k_a - 1) + vb**2 / (k_b - 1))
+
+
+def seeds_needed(var_a: float, var_b: float, delta: float, alpha: float = 0.05, power: float = POWER,
+                 cap: int = 1000) -> float:
+    """Smallest number of seeds k >= 2 per configuration at which the Welch test detects `delta` with `power`,
+    given the per-seed variances; inf when `cap` seeds would not, NaN when delta or both variances are 0."""
+    if not delta > 0 or not (var_a + var_b) > 0:
+        return math.nan
+    for k in range(2, cap + 1):
+        se, df = _welch(var_a, var_b, k, k)
+        if (_t(1 - alpha / 2, df) + _t(power, df)) * se <= delta:
+            return float(k)
+    return math.inf
+
+
+def seed_comparison(a, b, alpha: float = 0.05, power: float = POWER) -> SeedResult | None:
+    """Welch t-test of the per-seed values a against b (module docstring); None unless both have >= 2 seeds."""
+    a = np.asarray(pd.Series(a).dropna(), dtype=float)
+    b = np.asarray(pd.Series(b).dropna(), dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    var_a, var_b = float(a.var(ddof=1)), float(b.var(ddof=1))
+    se, df = _welch(var_a, var_b, len(a), len(b))
+    diff = float(a.mean() - b.mean())
+    half = _t(1 - alpha / 2, df) * se
+    mde = (_t(1 - alpha / 2, df) + _t(power, df)) * se
+    low, high = diff - half, diff + half
+    significant = bool(low > 0 or high < 0)
+    if significant:
+        word = DIFFERENT
+    elif -mde < low and high < mde:
+        word = NO_DIFFERENCE
+    else:
+        word = TOO_FEW_SEEDS
+    return SeedResult(len(a), len(b), diff, se, df, low, high, mde, significant, word,
+                      seeds_needed(var_a, var_b, abs(diff), alpha, power))
+
+
+def seed_fields(res: SeedResult | None) -> dict:
+    """The seed-level columns a report table keeps of a comparison (NaN where fewer than 2 seeds on a side)."""
+    if res is None:
+        return {"seeds_a": math.nan, "seeds_b": math.nan, "seed_ci_low": math.nan, "seed_ci_high": math.nan,
+                "seed_mde": math.nan, "seed_significant": False, "seed_verdict": "not tested",
+                "seeds_for_gap": math.nan}
+    return {"seeds_a": res.seeds_a, "seeds_b": res.seeds_b, "seed_ci_low": res.ci_low, "seed_ci_high": res.ci_high,
+            "seed_mde": res.mde, "seed_significant": res.significant, "seed_verdict": res.verdict,
+            "seeds_for_gap": res.seeds_for_diff}
 
 
 @dataclass(frozen=True)
