@@ -57,6 +57,8 @@ def test_suites_name_tasks_that_exist():
         for entry in suite.get("perplexity") or []:
             assert registry.get(entry["dataset"]).task_type == "corpus", (path.name, entry)
         in_suite = {d for t in suite["tasks"] for d in registry.datasets_of_task(t)}
+        in_suite |= {e["dataset"] for e in suite.get("perplexity") or []}  # ppl/<dataset> columns
+        in_suite |= set((suite.get("divergence") or {}).get("datasets") or [])  # kl/<dataset> columns
         for group in (suite.get("groups") or {}).values():
             assert {group["in_distribution"], *group["shifted"]} <= in_suite, (path.name, group)
 
