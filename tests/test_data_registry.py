@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from qgen.data import registry
 from qgen.data.calib_configs import CONF_DIR
 from qgen.data.lm_eval_tasks import TASKS_DIR, stale_files, task_config
-from qgen.data.prepare import READERS, SPLITTERS, source_members
+from qgen.data.readers import READERS, source_members
+from qgen.data.splitting import SPLITTERS
+from qgen.errors import QgenError
 
 
 def test_at_least_40_offline_datasets_across_the_scenarios():
@@ -82,3 +85,60 @@ def test_qa_scores_follow_squad_normalization():
     assert partial["exact_match"] == 0.0 and abs(partial["f1"] - 0.8) < 1e-9  # vs "denver broncos": p 2/3, r 1
     assert qgen_data.qa_scores(doc, ["Carolina"]) == {"exact_match": 0.0, "f1": 0.0}
     assert qgen_data.qa_scores(doc, ["\n Broncos\nmore text"])["exact_match"] == 1.0  # first non-empty line
+
+
+def test_a_user_dataset_is_an_lm_eval_task_with_no_regeneration_command(tmp_home, tmp_path, monkeypatch):
+    """One yaml under QGEN_DATASETS_DIR: lm-eval lists and builds `qgen_<name>`, the schema accepts it, its task
+    file is generated under QGEN_HOME (rewritten when the entry changes, removed with it) and the package's
+    tasks folder is never written."""
+    import hashlib
+
+    from lm_eval.tasks import get_task_dict
+
+    from conftest import write_user_dataset
+    from qgen import schema
+    from qgen.data.lm_eval_tasks import task_dirs, user_task_dir
+    from qgen.data.prepare import ensure_prepared
+    from qgen.evaluate.suite import task_manager
+
+    def package_listing():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(TASKS_DIR.iterdir()) if p.is_file()}
+
+    before = package_listing()
+    rows = [{"question": f"Is {i} an even number, when you count from zero upwards?", "choices": ["yes", "no"],
+             "label": i % 2} for i in range(20)]
+    regdir = write_user_dataset(tmp_path, "mydataset", rows, calib_text="Question: {{question}}\nAnswer:",
+                                lm_eval={"doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}"})
+    monkeypatch.setenv("QGEN_DATASETS_DIR", str(regdir))
+    registry.all_datasets.cache_clear()
+    registry.families.cache_clear()
+
+    monkeypatch.setattr(schema, "_lm_eval_tasks", frozenset)  # the name must be known from qgen's task files
+    schema._qgen_tasks.cache_clear()  # read once per process: another test may have read it without this dataset
+    suite = {"name": "mine", "tasks": ["qgen_mydataset"], "perplexity": [], "divergence": None}
+    schema._suite_scores_something("eval_suite", suite, None)
+    generated = user_task_dir() / "qgen_mydataset.yaml"
+    assert task_dirs() == [TASKS_DIR, user_task_dir()] and generated.is_file()
+    assert user_task_dir().parent == tmp_home
+
+    tm = task_manager()
+    assert "qgen_mydataset" in tm.all_tasks
+    ensure_prepared(registry.get("mydataset"))
+    task = get_task_dict(["qgen_mydataset"], tm)["qgen_mydataset"]
+    assert len(task.eval_docs) == len(registry.load_split("mydataset", "eval")) == 14
+    assert task.doc_to_text(task.eval_docs[0]).startswith("Question: Is ")
+
+    entry = regdir / "mydataset.yaml"  # the user edits the entry: the task file follows
+    entry.write_text(entry.read_text().replace("Question:", "Q:"))
+    registry.all_datasets.cache_clear()
+    task_dirs()
+    assert "Q: {{question}}" in generated.read_text()
+
+    entry.unlink()  # and removes it: the generated file goes too
+    registry.all_datasets.cache_clear()
+    registry.families.cache_clear()
+    assert task_dirs() == [TASKS_DIR] and not generated.exists()
+    schema._qgen_tasks.cache_clear()
+    with pytest.raises(QgenError, match="qgen_mydataset"):
+        schema._suite_scores_something("eval_suite", suite, None)
+    assert package_listing() == before

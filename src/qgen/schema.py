@@ -102,11 +102,12 @@ def _suite_scores_something(path, suite, root) -> None:
 
 @cache
 def _qgen_tasks() -> frozenset[str]:
-    """Task and group names of the task YAMLs qgen generates (read from the files, no lm-eval import)."""
-    from qgen.evaluate.suite import TASKS_DIR
+    """Task and group names of the task YAMLs qgen generates, shipped and the user's datasets' (read from the
+    files, no lm-eval import)."""
+    from qgen.data.lm_eval_tasks import task_dirs
 
     names = set()
-    for f in TASKS_DIR.glob("*.yaml"):
+    for f in (f for folder in task_dirs() for f in folder.glob("*.yaml")):
         for line in f.read_text().splitlines():
             m = re.match(r"^(task|group):\s*([A-Za-z0-9_.\-]+)\s*$", line)
             if m:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from qgen.data import registry
+from qgen.data.prepare import ensure_datasets
 from qgen.errors import QgenError
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def build_calibration(cfg, tokenizer) -> CalibrationSet:
     datasets = dataset_names(cfg.dataset)
     if not datasets:
         raise QgenError("calib.dataset is empty; name at least one registered dataset")
+    ensure_datasets(datasets)
     n_samples, seq_len, seed = int(cfg.n_samples), int(cfg.seq_len), int(cfg.seed)
     shares = source_shares(datasets, cfg.get("weights"), n_samples)
     parts, sources = [], []

@@ -48,7 +48,11 @@ def split_fingerprints(name: str, split: str) -> set[str]:
 
 
 def check_disjoint(calib_datasets: list[str], eval_datasets: list[str]) -> dict:
-    """Raise QgenError when a calibration part shares an example with an evaluation part; else a summary."""
+    """Raise QgenError when a calibration part shares an example with an evaluation part; else a summary. This
+    is the first stage of a job that reads data, so it prepares every dataset it compares (calibration first)."""
+    from qgen.data.prepare import ensure_datasets  # prepare imports this module (fingerprints)
+
+    ensure_datasets([*calib_datasets, *eval_datasets])
     calib = {name: split_fingerprints(name, "calib") for name in dict.fromkeys(calib_datasets)}
     checked = 0
     for ev in dict.fromkeys(eval_datasets):

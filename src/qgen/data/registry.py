@@ -50,6 +50,12 @@ class DatasetSpec:
     license: str = ""
     family: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    origin: Path | None = field(default=None, compare=False)  # the registry file it was read from
+
+    @property
+    def shipped(self) -> bool:
+        """Registered in the package (its task file is committed), not in a $QGEN_DATASETS_DIR folder."""
+        return self.origin is not None and self.origin.parent == REGISTRY_DIR
 
     @property
     def folder(self) -> Path:
@@ -69,14 +75,14 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _spec(raw: dict, where: Path) -> DatasetSpec:
-    known = set(DatasetSpec.__dataclass_fields__) - {"extra"}
+    known = set(DatasetSpec.__dataclass_fields__) - {"extra", "origin"}
     missing = {"name", "title", "task_type", "language", "source", "split", "calib_text"} - set(raw)
     if missing:
         raise QgenError(f"{where}: dataset {raw.get('name', '?')!r} lacks {', '.join(sorted(missing))}")
     fields = {k: v for k, v in raw.items() if k in known}
     fields["scenarios"] = tuple(fields.get("scenarios", ()))
     fields.setdefault("lm_eval_task", f"qgen_{raw['name']}")
-    return DatasetSpec(**fields, extra={k: v for k, v in raw.items() if k not in known})
+    return DatasetSpec(**fields, extra={k: v for k, v in raw.items() if k not in known}, origin=where)
 
 
 def _read_entry(path: Path) -> dict:
@@ -144,17 +150,14 @@ def get(name: str) -> DatasetSpec:
 
 
 def load_split(name: str, split: str) -> list[dict]:
-    """Rows of a prepared dataset's calib or eval part (run `qgen assets fetch` first)."""
+    """Rows of a prepared dataset's calib or eval part. A pure read: it never prepares (the stage that first
+    reads a dataset calls qgen.data.prepare.ensure_prepared; by hand: `qgen prepare NAME`)."""
     if split not in SPLITS:
         raise QgenError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    spec = get(name)
-    path = spec.folder / f"{split}.jsonl"
-    if not path.exists():
-        if "package" in spec.source:
-            raise QgenError(f"dataset {name!r} is not prepared in {spec.folder}; run `make assets`")
-        from qgen.data.prepare import ensure_prepared  # a user's file, or the hub when it answers
-
-        ensure_prepared(spec)
+    path = get(name).folder / f"{split}.jsonl"
+    if not path.is_file():
+        raise QgenError(f"dataset {name!r} is not prepared in {path.parent}: run `qgen prepare {name}` "
+                        f"(or `qgen assets fetch` for every offline dataset)")
     with open(path) as f:
         return [json.loads(line) for line in f]
 

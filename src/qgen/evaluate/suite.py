@@ -1,6 +1,9 @@
 """Score a model on an eval suite: lm-eval tasks through `simple_evaluate(HFLM(<in-memory model>))`, then the
 suite's perplexity corpora, then its divergence datasets (KL to the FP model, qgen.evaluate.divergence). Returns
-{task: {metric: {"value", "stderr"}}} and writes per-item scores."""
+{task: {metric: {"value", "stderr"}}} and writes per-item scores.
+
+lm-eval finds qgen's tasks in the shipped folder `tasks/` and, for the user's own datasets ($QGEN_DATASETS_DIR),
+in `<QGEN_HOME>/tasks/`, generated when the TaskManager is built (qgen.data.lm_eval_tasks.task_dirs)."""
 
 from __future__ import annotations
 
@@ -11,18 +14,20 @@ from pathlib import Path
 
 import torch
 
+from qgen.data.lm_eval_tasks import task_dirs
+from qgen.data.overlap import suite_datasets
+from qgen.data.prepare import ensure_datasets
 from qgen.evaluate.divergence import run_divergence
 from qgen.evaluate.perplexity import held_out_texts, perplexity, protocol_name
 
 log = logging.getLogger(__name__)
 
-TASKS_DIR = Path(__file__).parent / "tasks"
-
 
 def task_manager():
+    """lm-eval's task index over its own tasks, qgen's shipped tasks and the user's datasets' tasks."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR))
+    return TaskManager(include_path=[str(d) for d in task_dirs()])
 
 
 def _clean(value):
@@ -83,7 +88,9 @@ def run_perplexity(model, tokenizer, suite, device: torch.device) -> dict:
 
 def evaluate(model, tokenizer, suite, device: torch.device, seed: int, samples_path: Path | None = None,
              references: dict | None = None) -> dict:
-    """lm-eval tasks, perplexity, and (with `references`, the FP side per dataset) the divergence metrics."""
+    """lm-eval tasks, perplexity, and (with `references`, the FP side per dataset) the divergence metrics. The
+    suite's datasets are prepared first when they are not yet (a job has done so in its overlap guard)."""
+    ensure_datasets(suite_datasets(suite))
     model.to(device)
     metrics = run_lm_eval(model, tokenizer, suite, device, seed, samples_path)
     metrics.update(run_perplexity(model, tokenizer, suite, device))

@@ -1,7 +1,8 @@
 """Dataset loader and scorer for qgen's lm-eval task YAMLs (`custom_dataset: !function qgen_data.load`).
 
-Reads the prepared local copy (<QGEN_HOME>/data/<name>/{calib,eval}.jsonl), so the tasks also run with plain
-`lm_eval --include_path <this folder>` once `make assets` has run.
+Reads the prepared local copy (<QGEN_HOME>/data/<name>/{calib,eval}.jsonl) and never prepares it: a qgen job
+or suite prepares its datasets before lm-eval loads them, and the tasks also run with plain
+`lm_eval --include_path <this folder>` once the data is prepared (`make assets`, or `qgen prepare NAME`).
 """
 
 from __future__ import annotations
