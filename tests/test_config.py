@@ -24,6 +24,7 @@ def test_every_group_option_composes_and_validates(group, option):
     if (group, option) == ("launcher", "ray") and "ray" not in hydra_launchers():
         pytest.skip("the Ray launcher plugin is an optional extra (qgen[ray])")
     extra = ["quantizer=none"] if (group, option) == ("bits", "fp16") else []
+    extra += ["study=s1"] if group == "env" else []  # an environment is where a study runs
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"{group}={option}", *extra], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # what Hydra does for a job: ${hydra:...} then resolves

@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="where to write it (default: JOB_DIR/export)")
     p.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors"])
     p.set_defaults(fn=cmd_export)
+    from qgen import study
+    p = sub.add_parser("study", help="run a study (conf/study) in an environment (conf/env), or list its jobs")
+    study.add_arguments(p)
+    p.set_defaults(fn=study.run)
     from qgen.analysis import command as report
     p = sub.add_parser("report", help="paper tables and figures from output dirs (S1, S2, S3, ablations)")
     report.add_arguments(p)

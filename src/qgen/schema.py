@@ -20,6 +20,7 @@ import re
 from functools import cache
 from pathlib import Path
 
+from qgen.analysis.command import SCENARIOS as REPORT_KINDS
 from qgen.errors import QgenError
 from qgen.evaluate.dtype import EVAL_DTYPES
 from qgen.quant.engine import DTYPES as ENGINE_DTYPES
@@ -332,9 +333,40 @@ RUNTIME = Section(fields={
                                                                 "else model.dtype)"),
 })
 
+def _study_sweep(path, study, root) -> None:
+    sweep, path = study["sweep"], f"{path}.sweep"
+    for i, axes in enumerate(sweep if isinstance(sweep, list) else [sweep]):
+        where = f"{path}.{i}" if isinstance(sweep, list) else path
+        if not axes:
+            raise QgenError(f"{where} is empty: give override keys with their values, e.g. seed: [42, 567]")
+        for key, values in axes.items():
+            if key == "calib.dataset" and values == "groups":
+                continue
+            if not isinstance(values, list) or not values or not all(isinstance(v, (str, int, float, bool))
+                                                                     for v in values):
+                raise refuse(f"{where}.{key}", values, "a non-empty list of values (calib.dataset also: groups, "
+                                                       "every member of the suite's groups)")
+
+
+def _env_needs_study(path, env, root) -> None:
+    if env is not None and not root.get("study"):
+        raise QgenError(f"env={env['name']} needs a study: add study=<name> (see `qgen study list`)")
+
+
+SWEEP_AXES = Section(open=True, doc="override key -> values")
+STUDY = Section(optional=True, nullable=True, doc="a study (conf/study): what `qgen study run` runs", fields={
+    "name": NAME,
+    "report": ListOf(item=Choice(values=REPORT_KINDS), min_len=1, doc="report kinds built from its results"),
+    "reference": Bool(doc="FP jobs (quantizer=none bits=fp16), one per seed, before the sweep"),
+    "sweep": Either(options=(SWEEP_AXES, ListOf(item=SWEEP_AXES, min_len=1)),
+                    doc="axes: override key -> list of values (calib.dataset: groups), or a list of such sweeps"),
+}, rules=(_study_sweep,))
+ENV = Section(optional=True, nullable=True, doc="the environment a study runs in (conf/env)",
+              fields={"name": NAME}, rules=(_env_needs_study,))
+
 JOB = Section(fields={
     "model": MODEL, "calib": CALIB, "quantizer": QUANTIZER, "engine": ENGINE, "bits": BITS, "eval_suite": EVAL_SUITE,
-    "logger": LOGGER, "paths": PATHS, "runtime": RUNTIME,
+    "logger": LOGGER, "paths": PATHS, "runtime": RUNTIME, "study": STUDY, "env": ENV,
     "task_name": Str(),
     "seed": Int(0, SEED_MAX),
     "baseline": Bool(doc="also score the full-precision model"),

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from qgen.errors import QgenError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("model", "calib", "quantizer", "bits", "eval_suite", "logger", "paths", "launcher")
+GROUPS = ("model", "calib", "quantizer", "bits", "eval_suite", "logger", "paths", "launcher", "study", "env")
 
 
 def group_options(group: str) -> list[str]:

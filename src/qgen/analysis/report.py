@@ -2,8 +2,9 @@
 as `tables/<name>.md|.tex` and `csv/<name>.csv`, figures under `figures/`. What `qgen report` and the Makefile's
 `tables`, `figures` and `report-s1|s2|s3` targets run.
 
-Which jobs a scenario reads: those whose eval suite is named `s1_*` / `s2_*` / `s3_*` (or `--suite`); where none
-is, S1 reads every job, S2 the jobs whose suite records `groups`, and S2/S3 all jobs given `--groups`.
+Each report kind is one entry of `KINDS`: its title, the eval suites whose jobs it reads (`s1_*` / `s2_*` / `s3_*`,
+or `--suite`), what it reads where no suite matches (S1 every job, S2 the jobs whose suite records `groups`; S2/S3
+all jobs given `--groups`), and the function that builds its section. A new kind is one entry there.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +29,6 @@ from qgen.errors import QgenError
 from qgen.record.reader import read_timings
 
 log = logging.getLogger(__name__)
-
-TITLES = {"s1": "S1 — quantized vs full precision across tasks",
-          "s2": "S2 — cross-dataset distribution shift: calibration × test",
-          "s3": "S3 — cross-subject: calibration × test category",
-          "ablation": "Ablations — calibration size and sequence length"}
-
 
 @dataclass
 class Options:
@@ -61,29 +57,39 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_").lower()
 
 
+def _all_jobs(df, configs, pattern):
+    return df, f"all jobs (no {pattern} suite found)"
+
+
+def _jobs_with_groups(df, configs, pattern):  # before an s2_* suite exists: any suite that records groups
+    with_groups = {d for d, c in configs.items() if ((c.get("eval_suite") or {}).get("groups"))}
+    return df[df["dir"].isin(with_groups)], f"jobs whose suite records groups (no {pattern} suite found)"
+
+
+def _subjects_of_tasks(chosen) -> dict:  # S3 without recorded categories: every scored dataset is one subject
+    members = sorted(chosen.loc[~chosen["task"].str.startswith("ppl/"), "dataset"].unique())
+    return {"subjects": {"in_distribution": None, "members": members}}
+
+
 def select(df: pd.DataFrame, configs: dict, scenario: str, opts: Options) -> tuple[pd.DataFrame, dict, str]:
     """The jobs a scenario reads, its task families, and a one-line description of the choice."""
-    pattern = opts.suite or {"s1": "s1_*", "s2": "s2_*", "s3": "s3_*", "ablation": "*"}[scenario]
+    kind = KINDS[scenario]
+    pattern = opts.suite or kind.suites
     chosen = df[df["suite"].map(lambda s: fnmatch.fnmatch(str(s), pattern))]
     how = f"eval suites matching {pattern!r}"
     if chosen.empty and opts.suite is None:
-        if scenario == "s1":
-            chosen, how = df, "all jobs (no s1_* suite found)"
-        elif opts.groups:
+        if opts.groups and kind.families:
             chosen, how = df, "all jobs (explicit groups)"
-        elif scenario == "s2":  # before an s2_* suite exists: any suite that records groups
-            with_groups = {d for d, c in configs.items() if ((c.get("eval_suite") or {}).get("groups"))}
-            chosen = df[df["dir"].isin(with_groups)]
-            how = f"jobs whose suite records groups (no {pattern} suite found)"
+        elif kind.fallback:
+            chosen, how = kind.fallback(df, configs, pattern)
     if chosen.empty:
         raise QgenError(f"{scenario}: no completed job selected ({how}); run the scenario's sweep or pass --suite")
     if opts.groups:
         fams = opts.groups
     else:
         fams = groups_mod.from_configs({d: c for d, c in configs.items() if d in set(chosen["dir"])})
-        if not fams and scenario == "s3":
-            members = sorted(chosen.loc[~chosen["task"].str.startswith("ppl/"), "dataset"].unique())
-            fams = {"subjects": {"in_distribution": None, "members": members}}
+        if not fams and kind.default_families:
+            fams = kind.default_families(chosen)
     if fams:
         chosen = chosen.copy()
         chosen["family"] = chosen["task"].map(lambda t: task_family(t, fams))
@@ -215,20 +221,44 @@ def build(opts: Options) -> list[Path]:
     return written
 
 
+def run_families(df, fams, opts: Options, samples: Samples, section: Section) -> None:
+    """S2/S3: the calibration x test matrices of each task family."""
+    if fams:
+        section.notes.append("Groups: " + "; ".join(
+            f"{f}: ID {s['in_distribution'] or '—'}, members {', '.join(s['members'])}" for f, s in fams.items()))
+    run_matrix(df, fams, opts, samples, section, section.scenario)
+
+
+@dataclass(frozen=True)
+class ReportKind:
+    """What one report kind (`qgen report --scenario`, a study's `study.report`) reads and builds."""
+    title: str
+    suites: str  # glob over the eval suite names of the jobs it reads
+    build: Callable  # (jobs, families, opts, samples, section) -> None: fills the section
+    fallback: Callable | None = None  # (df, configs, pattern) -> (jobs, how) when no suite matches
+    families: bool = False  # it compares task families: given --groups and no matching suite, it reads every job
+    default_families: Callable | None = None  # (jobs) -> families when the jobs record none
+
+
+KINDS = {
+    "s1": ReportKind("S1 — quantized vs full precision across tasks", "s1_*",
+                     lambda df, fams, opts, samples, section: run_s1(df, opts, samples, section), _all_jobs),
+    "s2": ReportKind("S2 — cross-dataset distribution shift: calibration × test", "s2_*", run_families,
+                     _jobs_with_groups, families=True),
+    "s3": ReportKind("S3 — cross-subject: calibration × test category", "s3_*", run_families,
+                     default_families=_subjects_of_tasks, families=True),
+    "ablation": ReportKind("Ablations — calibration size and sequence length", "*",
+                           lambda df, fams, opts, samples, section: run_ablation(df, opts, section)),
+}
+assert tuple(KINDS) == SCENARIOS  # the CLI's and the schema's choices
+
+
 def scenario_section(df, configs, scenario: str, opts: Options, samples: Samples) -> Section:
     section = Section(scenario)
     chosen, fams, how = select(df, configs, scenario, opts)
     section.notes.append(f"Input: {how}.")
     section.jobs = chosen["dir"].nunique()
-    if scenario == "s1":
-        run_s1(chosen, opts, samples, section)
-    elif scenario == "ablation":
-        run_ablation(chosen, opts, section)
-    else:
-        if fams:
-            section.notes.append("Groups: " + "; ".join(
-                f"{f}: ID {s['in_distribution'] or '—'}, members {', '.join(s['members'])}" for f, s in fams.items()))
-        run_matrix(chosen, fams, opts, samples, section, scenario)
+    KINDS[scenario].build(chosen, fams, opts, samples, section)
     return section
 
 
@@ -260,7 +290,7 @@ def write_index(opts: Options, skipped: list[tuple[str, str]]) -> Path:
         lines += ["What was run, and how: [RUN.md](RUN.md).", ""]
     for scenario in SCENARIOS:
         if (out / f"{scenario}.md").exists():
-            lines.append(f"- [{TITLES[scenario]}]({scenario}.md)")
+            lines.append(f"- [{KINDS[scenario].title}]({scenario}.md)")
     for scenario, reason in skipped:
         lines.append(f"- {scenario}: not built — {reason}")
     lines += ["", *compute_summary(opts.roots)]
@@ -280,7 +310,8 @@ def write(section: Section, opts: Options) -> list[Path]:
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; primary metric for accuracy tasks: "
              f"`{opts.score}` (tasks without it: f1, exact_match or acc_norm); bootstrap: {opts.n_boot} resamples, "
              f"{100 * (1 - opts.alpha):.0f}% CI.")
-    lines = [f"# {TITLES[section.scenario]}", "", *[x for n in section.notes for x in (n, "")], built, "", LEGEND, ""]
+    notes = [x for n in section.notes for x in (n, "")]
+    lines = [f"# {KINDS[section.scenario].title}", "", *notes, built, "", LEGEND, ""]
     for t in section.tables:
         lines += [t.markdown(), f"[CSV](csv/{t.name}.csv) · [LaTeX](tables/{t.name}.tex)", ""]
     figs = section.figures if opts.figures else [
