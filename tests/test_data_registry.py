@@ -142,3 +142,20 @@ def test_a_user_dataset_is_an_lm_eval_task_with_no_regeneration_command(tmp_home
     with pytest.raises(QgenError, match="qgen_mydataset"):
         schema._suite_scores_something("eval_suite", suite, None)
     assert package_listing() == before
+
+
+def test_oe_eval_requests_reader_keeps_each_doc_once_parses_and_filters():
+    import gzip
+    import json
+
+    docs = [{"id": "a", "source": "cnn", "query": "Title: T\nBackground: P one.\nQuestion: Q1?\nAnswer:"},
+            {"id": "b", "source": "wiki", "query": "Title: T\nBackground: P\ntwo.\nQuestion: Q2?\nAnswer:"}]
+    requests = [{"doc": docs[0], "request": {"continuation": " x"}},  # a doc with two requests is one row
+                {"doc": docs[0], "request": {"continuation": " y"}}, {"doc": docs[1], "request": {}}]
+    data = gzip.compress("\n".join(json.dumps(r) for r in requests).encode())
+    parse = {"query": "Title: .*?\\nBackground: (?P<context>.*)\\nQuestion: (?P<question>.*?)\\nAnswer:"}
+    rows = READERS["oe_eval_requests"](data, {"parse": parse})
+    assert [(r["id"], r["context"], r["question"]) for r in rows] == [("a", "P one.", "Q1?"), ("b", "P\ntwo.", "Q2?")]
+    assert [r["id"] for r in READERS["oe_eval_requests"](data, {"where": {"source": "wiki"}})] == ["b"]
+    with pytest.raises(QgenError, match="does not match"):
+        READERS["oe_eval_requests"](data, {"parse": {"query": "Passage: (?P<context>.*)"}})

