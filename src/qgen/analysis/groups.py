@@ -7,6 +7,8 @@ Schema, recorded with each job in `config.eval_suite.groups` (or given explicitl
         in_distribution: <dataset>          # the family's in-distribution member (optional)
         members: [<dataset>, <dataset>, …]  # every test dataset of the family (the ID one included), or
         shifted: [<dataset>, …]             # … only its shifts: members = [in_distribution, *shifted]
+        scenario: <tag>                     # optional: the registry's scenario tag of the family; then every
+                                            # obtainable dataset with that tag must be a member (a test checks)
 
 Datasets are registry names; their tasks are `qgen_<dataset>` (or `ppl/<dataset>` for corpora). A suite without
 groups but with `categories: [<dataset>, …]` (S3) is one family, `subjects`, of those datasets.
