@@ -48,21 +48,10 @@ def _plain(node) -> object:
 
 
 def model_identity(cfg: DictConfig, info: dict) -> dict:
-    """What decides the full-precision weights (not where they are stored)."""
-    from qgen.assets import read_manifest
+    """What decides the full-precision weights (not where they are stored): the model source's identity."""
+    from qgen.models.source import model_source
 
-    model = cfg.model
-    ident = {"dtype": model.dtype, "source": info["source"]}
-    if info["source"] == "random":
-        return {**ident, "random_init": _plain(model.random_init), "seed": cfg.seed}
-    if info["source"] == "asset":
-        files = (read_manifest(Path(info["path"])) or {}).get("files", {})
-        return {**ident, "asset": model.asset, "files": {k: v["sha256"] for k, v in files.items()}}
-    if info["source"] == "local":
-        folder = Path(info["path"])
-        return {**ident, "path": str(folder.resolve()),
-                "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir())}}
-    return {**ident, "pretrained": model.pretrained, "revision": model.get("revision")}
+    return model_source(cfg.model).identity(info, cfg.seed)
 
 
 def tokenizer_identity(tokenizer) -> str:

@@ -14,7 +14,6 @@ The README's config table is generated from this declaration (`python -m qgen.sc
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from functools import cache
@@ -29,8 +28,6 @@ from qgen.quant.methods import METHODS
 from qgen.spec import Anything, Bool, Choice, Either, Float, Int, ListOf, Section, Str, refuse
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 # -- rules: each receives (path of its section, the section's checked values, the whole checked config) ----------
@@ -174,50 +171,9 @@ def _paths_writable(path, paths, root) -> None:
 
 
 def _model_source(path, model, root) -> None:
-    from qgen.models.load import looks_like_path, model_source
+    from qgen.models.source import model_source
 
-    source = model_source(model)
-    if source == "asset":
-        from qgen.assets import MODEL_ASSETS
-
-        if model["asset"] not in MODEL_ASSETS:
-            raise refuse("model.asset", model["asset"], f"one of {', '.join(sorted(MODEL_ASSETS))}, or null")
-    elif source == "local":
-        check_model_folder(Path(str(model["pretrained"])).expanduser(), model["pretrained"], bool(_methods(root)))
-    elif source == "hub":
-        if model["pretrained"] is None:
-            raise QgenError("model.pretrained is null and the model has no asset or random_init: give a hub id "
-                            "such as HuggingFaceTB/SmolLM2-135M-Instruct or a local folder")
-        if looks_like_path(str(model["pretrained"])) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?",
-                                                                         str(model["pretrained"])):
-            raise QgenError(f"model.pretrained={model['pretrained']!r} is neither a folder nor a hub id "
-                            f"(org/name)")
-
-
-def check_model_folder(folder: Path, given, quantizes: bool) -> None:
-    """A local model folder has a readable config.json (of an architecture qgen can quantize, when it must), weights
-    and a tokenizer — checked before the load, which would otherwise fail deep inside transformers."""
-    if not folder.is_dir():
-        raise QgenError(f"model.pretrained={given!r} does not exist: give an existing local folder or a hub id "
-                        f"such as HuggingFaceTB/SmolLM2-135M-Instruct")
-    config = folder / "config.json"
-    if not config.is_file():
-        raise QgenError(f"model.pretrained={given!r} has no config.json: give a Hugging Face model folder "
-                        f"(config.json, weights, tokenizer)")
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise QgenError(f"model.pretrained={given!r}: config.json is not valid JSON ({exc})") from None
-    if not model_type:
-        raise QgenError(f"model.pretrained={given!r}: config.json names no model_type")
-    if quantizes:
-        from qgen.models.arch import adapter_for
-
-        adapter_for(model_type)
-    if not any(next(folder.glob(p), None) for p in WEIGHT_FILES):
-        raise QgenError(f"model.pretrained={given!r} has no weights (*.safetensors or *.bin)")
-    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise QgenError(f"model.pretrained={given!r} has no tokenizer ({', '.join(TOKENIZER_FILES)})")
+    model_source(model).check(quantizes=bool(_methods(root)))
 
 
 def _export_fits(path, root, _root) -> None:

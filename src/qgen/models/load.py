@@ -1,10 +1,8 @@
-"""Load a causal LM and its tokenizer from a model config (hub id, local folder, offline asset or random init)."""
+"""Load a causal LM and its tokenizer from a model config; dtypes and devices by name."""
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import torch
 
@@ -31,45 +29,9 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def looks_like_path(ref: str) -> bool:
-    """Hub ids are `org/name`; anything that starts like a file path, or exists, is a local folder."""
-    return ref.startswith(("/", "./", "../", "~")) or os.path.exists(ref)
-
-
-def model_source(cfg) -> str:
-    """Where the weights come from: 'random', 'asset', 'local' or 'hub' (validated before anything loads)."""
-    if cfg.get("random_init"):
-        return "random"
-    if cfg.get("asset"):
-        return "asset"
-    return "local" if looks_like_path(str(cfg.get("pretrained"))) else "hub"
-
-
 def load_model(cfg, seed: int):
-    """Returns (model in eval mode on CPU, tokenizer, where the weights came from)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Returns (model in eval mode on CPU, tokenizer, where the weights came from); the source of the weights
+    (random init, offline asset, local folder, hub) is qgen.models.source's."""
+    from qgen.models.source import model_source
 
-    dtype = resolve_dtype(cfg.dtype)
-    source = model_source(cfg)
-    if source == "random":
-        from qgen.models.tiny import tiny_llama
-
-        model, tokenizer = tiny_llama(dict(cfg.random_init), seed=seed, dtype=dtype)
-        return model.eval(), tokenizer, {"source": "random", "seed": seed}
-    if source == "asset":
-        from qgen.assets import ensure_model_asset
-
-        ref = str(ensure_model_asset(cfg.asset))
-    else:
-        ref = str(Path(cfg.pretrained).expanduser()) if source == "local" else str(cfg.pretrained)
-    kwargs = {"revision": cfg.get("revision") or None, "trust_remote_code": bool(cfg.get("trust_remote_code"))}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, low_cpu_mem_usage=True, **kwargs)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = "the Hugging Face hub (needs network access)" if source == "hub" else ref
-        raise QgenError(f"could not load model {cfg.pretrained!r} from {where}: {first}") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer, {"source": source, "path": ref}
+    return model_source(cfg).load(seed, resolve_dtype(cfg.dtype))
