@@ -40,6 +40,21 @@ BEFORE_ANYTHING_LOADS = [
     ("calib.weights=[1,2]", "calib.weights has 2 entries for 1 datasets"),
     ("calib.dataset=[xsum,squad] calib.weights=[1,-1]", "calib.weights.1=-1 is not allowed: use a positive number"),
     ("+calib.min_token=5", "calib.min_token is not a setting of calib"),
+    ("calib.min_tokens=-1", "calib.min_tokens=-1 is not allowed: use a positive integer, or null"),
+    ("calib.min_tokens=0", "calib.min_tokens=0 is not allowed: use a positive integer, or null"),
+    ("calib=self calib.min_tokens=64", "calib.min_tokens=64 has no effect with calib.dataset=self"),
+    ("calib.chat_template=maybe", "calib.chat_template='maybe' is not allowed: use true or false"),
+    ("calib=self calib.chat_template=true", "calib.chat_template=true has no effect with calib.dataset=self"),
+    ("calib.self.temperature=-1", "calib.self.temperature=-1 is not allowed: use a positive number"),
+    ("calib.self.temperature=0", "calib.self.temperature=0 is not allowed: use a positive number"),
+    ("calib.self.top_p=1.5", "calib.self.top_p=1.5 is not allowed: use a number in (0, 1]"),
+    ("calib.self.top_p=0", "calib.self.top_p=0 is not allowed: use a number in (0, 1]"),
+    ("calib.self.start=eos", "calib.self.start='eos' is not allowed: use bos or a list of texts (at least 1)"),
+    ("calib.self.start=[]", "calib.self.start=[] is not allowed: use bos or a list of texts (at least 1)"),
+    ("calib.self.batch_size=0", "calib.self.batch_size=0 is not allowed: use a positive integer"),
+    ("+calib.self.temprature=0.5", "calib.self.temprature is not a setting of calib.self; settings: temperature"),
+    ("calib.dataset=[xsum,self] calib.weights=[1]", "calib.weights has 1 entries for 2 datasets"),
+    ("calib.dataset=[xsum,slef]", "calib.dataset.1='slef': unknown dataset 'slef'"),
     # quantizer and its methods
     ("quantizer=nope", "unknown quantizer option 'nope'"),
     ("quantizer=gptq engine.batch_size=0", "engine.batch_size=0 is not allowed: use a positive integer"),
@@ -240,6 +255,8 @@ AFTER_THE_MODEL_LOADS = [
      "bits.group_size=4096 is larger than every layer's input width in tiny-llama (192, 384): use at most 384"),
     ("model=tiny-llama eval_suite.perplexity.0.window=8192", "eval_suite.perplexity.0.window=8192 is not allowed"),
     ("NAN_MODEL", "has non-finite weights (NaN or Inf) in model.layers.0.mlp.up_proj.weight"),
+    ("model=tiny-llama quantizer=gptq calib.chat_template=true",
+     "calib.chat_template=true needs a tokenizer with a chat template, and tiny-llama's has none"),
 ]
 
 

@@ -40,8 +40,11 @@ def _pair(experiment: str) -> tuple[str, str]:
 
 
 def _digest(cfg) -> str:
+    from qgen.data.calibration import identity
+
     values = OmegaConf.to_container(cfg, resolve=True)
     values.pop("study"), values.pop("env")  # the declaration itself, new beside the job settings
+    values["calib"] = identity(values["calib"])  # calib options added since, at their off value: as job ids see it
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

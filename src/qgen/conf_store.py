@@ -5,6 +5,9 @@ each default is written once, where it belongs, and every one of them can be ove
   A quantizer is a list of methods by name — `conf/quantizer/gptq.yaml` is `defaults: [/method@methods.gptq: gptq]`
   — and `quantizer.methods.gptq.desc_act=true` overrides one setting.
 - `engine/default`: the engine's settings (`EngineSettings`; null where the methods' preference decides).
+- `calib_settings/default`: the calib fields the schema declares with a default (min_tokens, chat_template, the
+  sampling settings of the `self` source); conf/calib/xsum.yaml, which every calib option extends, takes them from
+  here, so `calib.self.temperature=0.7` overrides one.
 - `calib/<dataset>`: every registered dataset as a calibration option (qgen/data/calib_configs.py).
 """
 
@@ -26,12 +29,14 @@ def register() -> None:
     from qgen.data import calib_configs
     from qgen.quant.engine import EngineSettings
     from qgen.quant.methods import METHODS
+    from qgen.schema import CALIB
 
     store = ConfigStore.instance()
     for name, method in METHODS.items():
         store.store(group="method", name=name, provider="qgen",
                     node={key: spec.default for key, spec in method.settings.items()})
     store.store(group="engine", name="default", node=EngineSettings.config_defaults(), provider="qgen")
+    store.store(group="calib_settings", name="default", node=CALIB.defaults(), provider="qgen")
     calib_configs.register()
     _done = True
 

@@ -163,7 +163,8 @@ class Job:
         log.info("[1/5 load_model] %s", self.cfg.model.name)
         model, tokenizer, info = load_model(self.cfg.model, seed=self.cfg.seed)
         self.adapter = adapter_for(model.config.model_type) if self.methods else None
-        check_loaded(self.cfg, model, self.adapter)  # lengths, group size, finite weights: before any other work
+        # lengths, group size, finite weights, chat template: before any other work
+        check_loaded(self.cfg, model, self.adapter, tokenizer)
         self.model, self.tokenizer = model, tokenizer
         self.model_id = model_identity(self.cfg, info)
         self.record.data["model_info"] = {**info, "model_type": model.config.model_type, "device": str(self.device),
@@ -174,17 +175,34 @@ class Job:
 
             check_export_widths(model, self.adapter, int(self.cfg.bits.group_size))
 
+    def calibration_identity(self) -> dict:
+        """What decides the calibration windows: the tokenizer, the calib settings in use, the prepared data; with
+        calib.chat_template on, the template; with a `self` source, the model it samples (in full precision: the
+        job calibrates before it quantizes) and the kind of device it samples on."""
+        import hashlib
+
+        from qgen.data.calibration import dataset_names, registered_names
+        from qgen.data.calibration import identity as calib_identity
+        from qgen.data.registry import SELF
+
+        cfg = self.cfg.calib
+        identity = {"tokenizer": tokenizer_identity(self.tokenizer), "calib": calib_identity(cfg),
+                    "data": prepared_sha256(registered_names(cfg.dataset), "calib")}
+        if cfg.get("chat_template"):
+            identity["chat_template"] = hashlib.sha256(self.tokenizer.chat_template.encode()).hexdigest()[:16]
+        if SELF in dataset_names(cfg.dataset):
+            identity["self"] = {"model": self.model_id, "device": self.device.type}
+        return identity
+
     def calibration(self):
-        from qgen.data.calibration import CalibrationSet, build_calibration, dataset_names
+        from qgen.data.calibration import CalibrationSet, build_calibration
 
         cfg = self.cfg.calib
         log.info("[2/5 calibration] %s: %d x %d tokens", cfg.name, cfg.n_samples, cfg.seq_len)
-        names = dataset_names(cfg.dataset)
-        identity = {"tokenizer": tokenizer_identity(self.tokenizer), "calib": _plain(cfg),
-                    "data": prepared_sha256(names, "calib")}
+        identity = self.calibration_identity()
 
         def build(folder):
-            calib = build_calibration(cfg, self.tokenizer)
+            calib = build_calibration(cfg, self.tokenizer, self.model, self.device)
             torch.save(calib.input_ids, folder / "input_ids.pt")
             return calib, calib.info
 

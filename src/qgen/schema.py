@@ -6,14 +6,16 @@ The checks, each as early as what it needs allows:
 - `check_job(cfg)` — the composed config alone, before anything loads: types and ranges of every field, unknown
   keys, the rules below, lm-eval task names. `qgen.validate.preflight` runs it for every job of a command line.
 - `check_device(name)` — by the job itself, on the machine it runs on, before the model loads.
-- `check_loaded(cfg, model, adapter)` — right after the model loads, before calibration or quantizing: sequence
-  lengths against the model's positions, the group size against its layer widths, non-finite weights.
+- `check_loaded(cfg, model, adapter, tokenizer)` — right after the model loads, before calibration or quantizing:
+  sequence lengths against the model's positions, the group size against its layer widths, non-finite weights, a
+  chat template where calib.chat_template asks for one.
 Every refusal is one line naming the field, the value and what is allowed (QgenError, exit code 2).
 The README's config table is generated from this declaration (`python -m qgen.schema --markdown`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from functools import cache
@@ -25,7 +27,7 @@ from qgen.evaluate.dtype import EVAL_DTYPES
 from qgen.quant.engine import DTYPES as ENGINE_DTYPES
 from qgen.quant.engine import FEEDS
 from qgen.quant.methods import METHODS
-from qgen.spec import Anything, Bool, Choice, Either, Float, Int, ListOf, Section, Str, refuse
+from qgen.spec import REQUIRED, Anything, Bool, Choice, Either, Float, Int, ListOf, Section, Str, refuse
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
@@ -74,13 +76,23 @@ def _registered(path: str, name: str) -> None:
 
 
 def _calib_datasets(path, calib, root) -> None:
+    from qgen.data.registry import SELF
+
     names = [calib["dataset"]] if isinstance(calib["dataset"], str) else calib["dataset"]
     for i, name in enumerate(names):
-        _registered(f"calib.dataset{'' if isinstance(calib['dataset'], str) else f'.{i}'}", name)
+        if name != SELF:  # text sampled from the model itself (qgen/data/self_calib.py)
+            _registered(f"calib.dataset{'' if isinstance(calib['dataset'], str) else f'.{i}'}", name)
     weights = calib.get("weights")
     if weights is not None and len(weights) != len(names):
         raise QgenError(f"calib.weights has {len(weights)} entries for {len(names)} datasets: give one weight per "
                         f"dataset of calib.dataset, or null for equal shares")
+    if all(name == SELF for name in names):  # the two options shape a dataset's documents: self has none
+        for key in ("min_tokens", "chat_template"):
+            off = CALIB.fields[key].default
+            if calib[key] != off:
+                raise QgenError(f"calib.{key}={_as_written(calib[key])} has no effect with calib.dataset="
+                                f"{calib['dataset']}: it applies to registered datasets' documents; set "
+                                f"calib.{key}={_as_written(off)}")
 
 
 def _suite_scores_something(path, suite, root) -> None:
@@ -202,15 +214,40 @@ MODEL = Section(fields={
         "tie_word_embeddings": Bool()}),
 }, rules=(_model_source,))
 
+
+def _with_defaults(section: Section) -> Section:
+    """The section, absent from a config, as its fields' defaults."""
+    return dataclasses.replace(section, default=section.defaults())
+
+
+SOURCE = "a calibration source"
+SELF_SAMPLING = Section(doc="how calib.dataset=self samples text from the model (qgen/data/self_calib.py)", fields={
+    "temperature": Float(0, lo_open=True, default=1.0, doc="sampling temperature"),
+    "top_p": Float(0, 1, lo_open=True, default=1.0, doc="nucleus sampling: the smallest set of tokens holding this "
+                                                         "probability (1: off)"),
+    "start": Either(options=(Choice(values=("bos",)), ListOf(item=Str(text="a text"), min_len=1)), default="bos",
+                    doc="what each window starts from: bos (the tokenizer's BOS token; EOS where it has none) or a "
+                        "list of starting texts, used in turn in a seeded order"),
+    "batch_size": Int(1, default=16, doc="windows sampled together (it orders the random draws, so it is part of "
+                                         "the windows' identity)"),
+})
+
 CALIB = Section(fields={
     "name": NAME,
-    "dataset": Either(options=(Str(text="a registered dataset"), ListOf(item=Str(text="a registered dataset"),
-                                                                       min_len=1)),
-                      doc="registered dataset, or a list for a mixture"),
+    "dataset": Either(options=(Str(text=SOURCE), ListOf(item=Str(text=SOURCE), min_len=1)),
+                      doc="a registered dataset, or self (text sampled from the model being quantized); a list of "
+                          "them for a mixture"),
     "weights": ListOf(item=Float(0, lo_open=True), nullable=True, doc="mixture shares (null: equal)"),
     "n_samples": Int(1, 1_000_000, doc="calibration windows"),
     "seq_len": Int(1, doc="tokens per window (at most the model's positions)"),
     "seed": Int(0, SEED_MAX, doc="window sampling seed"),
+    # Declared with their defaults here only: conf/calib/xsum.yaml takes them from the `calib_settings` node
+    # that qgen.conf_store builds from these declarations.
+    "min_tokens": Int(1, nullable=True, default=None, doc="drop a dataset's documents shorter than this many "
+                                                          "tokens (counted, not padded or cycled; null: keep all)"),
+    "chat_template": Bool(default=False, doc="render each dataset row as a user turn of the tokenizer's chat "
+                                             "template"),
+    "self": _with_defaults(SELF_SAMPLING),
 }, rules=(_calib_datasets,))
 
 QUANTIZER = Section(fields={
@@ -374,11 +411,16 @@ def max_positions(model) -> int | None:
     return None
 
 
-def check_loaded(cfg, model, adapter) -> None:
-    """What needs the loaded model: sequence lengths, group size against layer widths, finite weights."""
+def check_loaded(cfg, model, adapter, tokenizer=None) -> None:
+    """What needs the loaded model: sequence lengths, group size against layer widths, finite weights, and (for a
+    job that calibrates with calib.chat_template on) a tokenizer with a chat template."""
     import torch
 
     name = cfg.model.name
+    if tokenizer is not None and cfg.quantizer.methods and cfg.calib.get("chat_template"):
+        from qgen.data.calibration import require_chat_template
+
+        require_chat_template(tokenizer, name)
     positions = max_positions(model)
     if positions is not None:
         lengths = [("calib.seq_len", cfg.calib.seq_len)] if cfg.quantizer.methods else []
@@ -408,6 +450,11 @@ def check_loaded(cfg, model, adapter) -> None:
 README_MARKERS = ("<!-- config-table: generated by `python -m qgen.schema README.md` -->", "<!-- /config-table -->")
 
 
+def _as_written(value) -> str:
+    """A default as a config file writes it: null, true, false, 1.0, bos."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def markdown_table() -> str:
     """Every field of every group with its allowed values, as the README shows it."""
     rows = ["| field | allowed | meaning |", "|---|---|---|"]
@@ -421,13 +468,15 @@ def markdown_table() -> str:
             if isinstance(spec, ListOf) and isinstance(spec.item, Section) and not spec.item.open:
                 walk(f"{path}[]", spec.item)
                 continue
-            rows.append(f"| `{path}` | {spec.allowed()} | {spec.doc} |")
+            default = "" if spec.default is REQUIRED or isinstance(spec, Section) else \
+                f" (default {_as_written(spec.default)})"
+            rows.append(f"| `{path}` | {spec.allowed()}{default} | {spec.doc} |")
 
     walk("", JOB)
     for name, method in sorted(METHODS.items()):
         for key, spec in method.settings.items():
-            rows.append(f"| `quantizer.methods.{name}.{key}` | {spec.allowed()} (default {spec.default}) | "
-                        f"{spec.doc} |")
+            rows.append(f"| `quantizer.methods.{name}.{key}` | {spec.allowed()} "
+                        f"(default {_as_written(spec.default)}) | {spec.doc} |")
     return "\n".join(rows)
 
 

@@ -78,7 +78,8 @@ def suite_datasets(suite) -> list[str]:
 
 
 def check_job_overlap(cfg) -> dict:
-    """The call a job makes before quantizing: cfg.calib.dataset (name or list) vs cfg.eval_suite."""
-    datasets = cfg.calib.dataset
-    calib = [datasets] if isinstance(datasets, str) else [str(d) for d in datasets]
-    return check_disjoint(calib, suite_datasets(cfg.eval_suite))
+    """The call a job makes before quantizing: cfg.calib.dataset (name or list) vs cfg.eval_suite. Text sampled
+    from the model (`self`) is not compared: it is no dataset's example."""
+    from qgen.data.calibration import registered_names
+
+    return check_disjoint([str(d) for d in registered_names(cfg.calib.dataset)], suite_datasets(cfg.eval_suite))

@@ -27,6 +27,7 @@ from qgen.home import data_dir
 
 REGISTRY_DIR = Path(__file__).parent / "datasets"
 SPLITS = ("calib", "eval")
+SELF = "self"  # reserved: calib.dataset=self is text sampled from the model (qgen/data/self_calib.py)
 USER_DIRS_ENV = "QGEN_DATASETS_DIR"  # extra registry folders (os.pathsep-separated) for the user's own datasets
 
 
@@ -114,6 +115,9 @@ def all_datasets() -> dict[str, DatasetSpec]:
             if found[0].name != path.stem:
                 raise QgenError(f"{path}: name {found[0].name!r} must match the file name {path.stem!r}")
         for spec in found:
+            if spec.name == SELF:
+                raise QgenError(f"{path}: the dataset name {SELF!r} is reserved for calibration text sampled from "
+                                f"the model (calib.dataset=self); rename the dataset")
             if spec.name in specs:
                 raise QgenError(f"{path}: dataset {spec.name!r} is registered twice")
             specs[spec.name] = spec

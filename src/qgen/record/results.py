@@ -33,15 +33,18 @@ EXECUTION_KEYS = ("paths", "hydra", "resume", "cache", "runtime", "logger", "exp
 def identity_config(cfg: DictConfig) -> dict:
     """The resolved config minus where and how it runs: what decides the job's results.
 
-    Two exceptions keep earlier job ids where nothing changed: the dtype the models are scored in
+    Three exceptions keep earlier job ids where nothing changed: the dtype the models are scored in
     (`runtime.eval_dtype`, resolved on this machine) joins the identity as `eval_dtype` only when it is not the
-    model's own dtype, and a switched-off divergence section (`eval_suite.divergence: null`, or no datasets) is
-    left out."""
+    model's own dtype, a switched-off divergence section (`eval_suite.divergence: null`, or no datasets) is
+    left out, and so are calibration options at their off value (qgen.data.calibration.identity)."""
+    from qgen.data.calibration import identity as calib_identity
     from qgen.evaluate.dtype import job_eval_dtype
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in EXECUTION_KEYS:
         resolved.pop(key, None)
+    if isinstance(resolved.get("calib"), dict) and "dataset" in resolved["calib"]:
+        resolved["calib"] = calib_identity(resolved["calib"])
     suite = resolved.get("eval_suite")
     if isinstance(suite, dict) and "divergence" in suite and not (
             isinstance(suite["divergence"], dict) and suite["divergence"].get("datasets")):
