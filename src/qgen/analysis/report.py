@@ -24,7 +24,16 @@ from qgen.analysis import ablation, figures, matrix, s1
 from qgen.analysis import groups as groups_mod
 from qgen.analysis.command import SCENARIOS
 from qgen.analysis.tables import LEGEND, Table
-from qgen.analysis.tidy import FP_LABEL, KL_PREFIX, Samples, configs_of, load, task_family, task_order
+from qgen.analysis.tidy import (
+    FP_LABEL,
+    KL_PREFIX,
+    SCORE_ORDER,
+    Samples,
+    configs_of,
+    load,
+    task_family,
+    task_order,
+)
 from qgen.errors import QgenError
 from qgen.record.reader import read_timings
 
@@ -195,7 +204,8 @@ def build(opts: Options) -> list[Path]:
         if s not in SCENARIOS:
             raise QgenError(f"unknown scenario {s!r}; available: {', '.join(SCENARIOS)}")
     df = load(opts.roots, score=opts.score)
-    if opts.score not in set(df["metric"]):
+    # a score no job has is a typo where accuracy-type tasks were scored; a KL-only sweep has none to choose from
+    if opts.score not in set(df["metric"]) and set(df["metric"]) & set(SCORE_ORDER):
         known = ", ".join(sorted(set(df["metric"])))
         raise QgenError(f"score {opts.score!r} is not a metric of any job; metrics: {known}")
     configs = configs_of(opts.roots)
