@@ -296,3 +296,99 @@ LOWER_IS_BETTER_PREFIXES = ("ppl", "kl_", "flip_")
 
 def higher_is_better(metric: str) -> bool:
     return not str(metric).startswith(LOWER_IS_BETTER_PREFIXES)
+
+
+def damage(metric: str, value, fp_value):
+    """How far a quantized model departs from FP in the harmful direction (higher: more damage): the value itself
+    for the KL to FP and answer flips against FP (FP's own is 0), else FP − value where higher is better (the
+    accuracy drop, the lost top-1 agreement) and value − FP where lower is better (the perplexity increase)."""
+    if str(metric).startswith(("kl_", "flip_")):
+        return value
+    return fp_value - value if higher_is_better(metric) else value - fp_value
+
+
+def seed_interval(values, alpha: float = 0.05) -> tuple[float, float]:
+    """The t-interval of the mean of per-seed values, mean ± t_{1-α/2, k-1}·sd/√k (sd with ddof=1); NaNs with
+    fewer than 2 seeds."""
+    v = np.asarray(pd.Series(values).dropna(), dtype=float)
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = _t(1 - alpha / 2, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's ρ with its percentile bootstrap CI (`rank_correlation`)."""
+    n: int  # units resampled: pairs, or groups of pairs
+    rho: float
+    ci_low: float
+    ci_high: float
+    n_boot: int  # resamples in which ρ was defined (a resample whose x or y ranks are all tied has none)
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=-1, keepdims=True)
+    y = y - y.mean(axis=-1, keepdims=True)
+    den = np.sqrt((x * x).sum(axis=-1) * (y * y).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (x * y).sum(axis=-1) / np.where(den > 0, den, 1), np.nan)
+
+
+def _centered_ranks(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    out = np.empty(len(values))
+    for g in np.unique(groups):
+        at = groups == g
+        ranks = rankdata(values[at])
+        out[at] = ranks - ranks.mean()
+    return out
+
+
+def rank_correlation(x, y, groups=None, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> RankCorrelation:
+    """Spearman's rank correlation of paired values x, y (average ranks for ties) with a percentile bootstrap CI.
+
+    Without `groups`: ρ = Pearson's correlation of the ranks of x and of y; the bootstrap resamples the pairs and
+    re-ranks each resample. With `groups` (a label per pair): the ranks are taken within each group and centred on
+    the group's mean rank, ρ = Σ_g Σ xr·yr / √(Σ_g Σ xr² · Σ_g Σ yr²) over the groups of ≥ 2 pairs (with one group,
+    its Spearman ρ): how well x orders y inside groups, whatever separates the groups; the bootstrap resamples
+    whole groups. ρ is NaN where x or y is constant (over all pairs, or inside every group)."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise QgenError(f"a rank correlation needs two equal-length 1-D arrays, got shapes {x.shape} and {y.shape}")
+    q = [alpha / 2, 1 - alpha / 2]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        if len(x) < 2:
+            raise QgenError("a rank correlation needs at least 2 pairs")
+        rho = float(_rowwise_pearson(rankdata(x), rankdata(y)))
+        idx = rng.integers(0, len(x), size=(int(n_boot), len(x)))
+        boot = _rowwise_pearson(rankdata(x[idx], axis=1), rankdata(y[idx], axis=1))
+        n = len(x)
+    else:
+        groups = np.asarray(groups)
+        labels, counts = np.unique(groups, return_counts=True)
+        keep = np.isin(groups, labels[counts >= 2])
+        if not keep.any():
+            raise QgenError("a within-group rank correlation needs a group of at least 2 pairs")
+        g = groups[keep]
+        xr, yr = _centered_ranks(x[keep], g), _centered_ranks(y[keep], g)
+        kept = np.unique(g)
+        sums = np.array([[(xr * yr)[g == k].sum(), (xr * xr)[g == k].sum(), (yr * yr)[g == k].sum()]
+                         for k in kept])  # groups × (Sxy, Sxx, Syy)
+        n = len(kept)
+
+        def rho_of(weights):  # weights: resamples × groups (how often each group was drawn)
+            sxy, sxx, syy = (weights @ sums).T
+            den = np.sqrt(sxx * syy)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(den > 0, sxy / np.where(den > 0, den, 1), np.nan)
+
+        rho = float(rho_of(np.ones((1, n)))[0])
+        boot = rho_of(rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_boot)).astype(float))
+    boot = boot[~np.isnan(boot)]
+    low, high = np.quantile(boot, q) if len(boot) else (math.nan, math.nan)
+    return RankCorrelation(n, rho, float(low), float(high), len(boot))
