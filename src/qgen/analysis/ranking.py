@@ -13,14 +13,16 @@ setting is ranked on its own: damages of different quantizers, bit widths or ite
 model/quantizer/bits filters keep the matching jobs; every setting left is ranked, the one with the most
 calibration sets (then jobs) first.
 
-Per calibration set: its damage averaged over its seeds (jobs); its 95% CI, the t-interval over the seeds
-(stats.seed_interval) with ≥ 2 seeds, else the percentile bootstrap over the target's items (KL windows, lm-eval
-questions) of the per-item damage averaged over seeds (stats.paired_bootstrap against 0); the items (and, for KL,
-tokens) and seeds behind it.
+Per calibration set: its damage averaged over its seeds (jobs); its (1 − α) CI, the t-interval over the seeds
+(stats.seed_interval: with 2 seeds, t has 1 degree of freedom and the interval is wide, as it should be) with ≥ 2
+seeds, else the percentile bootstrap over the target's items (KL windows, lm-eval questions) of the per-item damage
+(stats.paired_bootstrap against 0); the items (and, for KL, tokens) and seeds behind it. The seed interval says what
+another calibration draw would do; the item interval holds the one draw fixed.
 
-Against the best set (the lowest mean damage; ties by name): the difference in damage with its 95% CI and verdict,
+Against the best set (the lowest mean damage; ties by name): the difference in damage with its CI and verdict,
 decided as the S2 claims are (qgen.analysis.matrix): the Welch t-test over seeds where both sets ran with ≥ 2 seeds
-(stats.seed_comparison), else the paired bootstrap over the items both scored (stats.paired_bootstrap). Verdicts:
+(stats.seed_comparison), else the paired bootstrap over the items both scored, each item's damage averaged over the
+set's seeds (stats.paired_bootstrap; the difference shown is then the mean over those items). Verdicts:
 `different` (CI excludes 0: distinguishable from the best), `no difference` (CI inside ± the minimum detectable
 difference), `too few items` / `too few seeds`; `not tested` without per-item scores (no samples.jsonl) and fewer
 than 2 seeds a side.

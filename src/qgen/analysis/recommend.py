@@ -97,17 +97,20 @@ def measured_report(m, alpha: float) -> dict:
                       f"{r.task} {r.metric}",
                   *_table(["rank", "calibration", "damage", f"{level} CI", "CI over", "seeds", "items", "tokens",
                            "vs best", f"{level} CI", "CI over", "verdict"],
-                          [[x["rank"], x["calib"], f"{x['damage']:.4f}", _ci(x["ci_low"], x["ci_high"], "{:.4f}"),
-                            x["ci_basis"], x["seeds"], _count(x["items"]), _count(x["tokens"]),
-                            "–" if x["verdict"] == "best" else f"{x['gap']:+.4f}",
-                            _ci(x["gap_ci_low"], x["gap_ci_high"], "{:+.4f}"), x["gap_basis"] or "–", x["verdict"]]
-                           for x in r.rows])]
+                          [_measured_row(x, m.target) for x in r.rows])]
     lines += ["", "CI over seeds: t-interval over the seeds (calibration draws); over items: bootstrap over the "
                   "target's items. vs best: damage minus the best set's (Welch t over seeds where both have ≥ 2, "
                   "else paired bootstrap over items); verdict 'different': distinguishable from the best."]
     return {"basis": "measured", "headline": headline, "target": m.target, "damage": m.kind, "jobs": m.jobs,
             "settings": [{"setting": r.setting, "task": r.task, "metric": r.metric, "rows": r.rows}
                          for r in m.rankings], "lines": lines}
+
+
+def _measured_row(x: dict, target: str) -> list:
+    return [x["rank"], _label(x["calib"], target), f"{x['damage']:.4f}", _ci(x["ci_low"], x["ci_high"], "{:.4f}"),
+            x["ci_basis"], x["seeds"], _count(x["items"]), _count(x["tokens"]),
+            "–" if x["verdict"] == "best" else f"{x['gap']:+.4f}", _ci(x["gap_ci_low"], x["gap_ci_high"], "{:+.4f}"),
+            x["gap_basis"] or "–", x["verdict"]]
 
 
 # -- proxy --------------------------------------------------------------------------------------------------------
@@ -136,7 +139,7 @@ def proxy_report(args, why: str) -> dict:
              + (f"; {' and '.join(ignored)} do not enter the proxy" if ignored else ""),
              *_table(["rank", "calibration", "JS (nats)", f"{level} CI", "plug-in", "documents", "tokens",
                       "vs closest", f"{level} CI", "distinguishable"],
-                     [[i, r.estimate.calib + (" (target's own)" if r.estimate.calib == args.target else ""),
+                     [[i, _label(r.estimate.calib, args.target),
                        f"{r.estimate.distance:.4f}", _ci(r.estimate.ci_low, r.estimate.ci_high, "{:.4f}"),
                        f"{r.estimate.plug_in:.4f}", r.estimate.docs, r.estimate.tokens,
                        "–" if i == 1 else f"{r.gap:+.4f}",
@@ -184,6 +187,10 @@ def model_config(name: str | None, roots) -> tuple[str, dict]:
 
 
 # -- text ---------------------------------------------------------------------------------------------------------
+def _label(calib: str, target: str) -> str:
+    return f"{calib} (target's own)" if calib == target else calib
+
+
 def _ci(low: float, high: float, fmt: str) -> str:
     return "–" if low is None or math.isnan(low) else f"[{fmt.format(low)}, {fmt.format(high)}]"
 

@@ -33,6 +33,10 @@ Welch–Satterthwaite degrees of freedom, and its MDE = (t_{1-α/2,df} + t_{0.8,
 would detect a given difference at 80 % power from the observed seed spreads. The item set is fixed in this test;
 the item bootstrap covers item sampling.
 
+Damage (`damage`): a quantized value's departure from FP in the harmful direction, what `qgen recommend` ranks
+calibration sets by and the S2 proxy table correlates with a token distance. `seed_interval`: the t-interval of a
+mean over seeds. `rank_correlation`: Spearman's ρ with a percentile bootstrap CI, over pairs or within groups.
+
 Answer flips (Dutta et al. 2024): for binary per-item scores of a reference (the FP model) and a candidate (the
 quantized model) on the same items, `flip_table` counts correct→wrong and wrong→correct items, their rates, and
 paired-bootstrap CIs of both rates (the same item resampling as above).
