@@ -197,9 +197,15 @@ def test_s2_proxy_table_spearman_one(letters, tmp_path):
     kl = table[table["metric"] == KL_METRIC].set_index("scope")
     assert kl.loc["all cells", "n"] == 6 and kl.loc["within test sets", "n"] == 2
     for scope in ("all cells", "within test sets"):
-        assert kl.loc[scope, "rho"] == pytest.approx(1.0)
+        assert kl.loc[scope, "rho"] == pytest.approx(1.0) and kl.loc[scope, "p_exact"]
         assert (kl.loc[scope, "ci_low"], kl.loc[scope, "ci_high"]) == pytest.approx((1.0, 1.0))
-    assert "| tiny-llama rtn w4a16 n=8 len=64 | kl_mean_nonoverlap_w512_top64 | all cells | 6 cells | +1.000 |" in page
+    # permutation p-values: 6 cells in 3 tied pairs (distance 0, ½ ln 2, ln 2, each twice), damage tied alike: of the
+    # 720 orders of the damages, 8 keep the pairs (ρ = 1) and 8 reverse them (ρ = -1); within the two test sets of 3
+    # cells, 2 of the 3! x 3! joint orders give |ρ| = 1 (both kept, both reversed)
+    assert kl.loc["all cells", "p_value"] == pytest.approx(16 / 720)
+    assert kl.loc["within test sets", "p_value"] == pytest.approx(2 / 36)
+    assert ("| tiny-llama rtn w4a16 n=8 len=64 | kl_mean_nonoverlap_w512_top64 | all cells | 6 cells | +1.000 | "
+            "[+1.0000, +1.0000] | 0.022 | 0 |") in page
 
 
 def test_s2_report_without_prepared_datasets_notes_why(tmp_path):
@@ -210,3 +216,17 @@ def test_s2_report_without_prepared_datasets_notes_why(tmp_path):
     page = (tmp_path / "r" / "s2.md").read_text()
     assert "No token-distance proxy table: no cell has a proxy distance (a is not a registered dataset; b is not " \
            "a registered dataset)." in page
+
+
+def test_rank_correlation_small_and_large():
+    from qgen.analysis.stats import rank_correlation
+
+    # 3 test sets of 2 calibration sets, all ordered alike: the bootstrap over test sets cannot vary, the exact
+    # permutation p-value can: 2 of the 2^3 within-set orders give |ρ| = 1
+    r = rank_correlation([0.1, 0.2, 0.3, 0.5, 0.2, 0.9], [1, 2, 5, 6, 0, 3], groups=["s", "s", "q", "q", "i", "i"],
+                         n_boot=200)
+    assert (r.n, r.rho, r.ci_low, r.ci_high) == (3, 1.0, 1.0, 1.0) and r.exact and r.p_value == pytest.approx(0.25)
+    # 10 pairs (10! orders): Monte Carlo; only the identity and its reverse reach |ρ| = 1
+    r = rank_correlation(range(10), [v * v for v in range(10)], n_boot=200)
+    assert r.rho == 1.0 and not r.exact and r.p_value == pytest.approx(1 / 201)
+    assert math.isnan(rank_correlation([1, 1, 1], [1, 2, 3], n_boot=100).rho)

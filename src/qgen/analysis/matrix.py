@@ -373,13 +373,15 @@ def proxy_table(cells: pd.DataFrame, name: str, title: str, n_boot: int, alpha: 
             except QgenError:
                 continue  # fewer than 2 cells, or no test set with 2 calibration rows
             data.append({**setting, "scope": scope, "n": r.n, "unit": unit, "rho": r.rho, "ci_low": r.ci_low,
-                         "ci_high": r.ci_high, "n_boot_defined": r.n_boot, "cells": len(ok),
-                         "cells_without_distance": len(g) - len(ok)})
+                         "ci_high": r.ci_high, "n_boot_defined": r.n_boot, "p_value": r.p_value,
+                         "p_exact": r.exact, "cells": len(ok), "cells_without_distance": len(g) - len(ok)})
             rows.append({"Setting": f"{setting['model']} {setting['quantizer']} {setting['bits']} "
                                     f"n={setting['n_samples']} len={setting['seq_len']}",
                          "Metric (damage)": setting["metric"], "Scope": scope, "n": f"{r.n} {unit}",
                          "Spearman ρ": "–" if math.isnan(r.rho) else f"{r.rho:+.3f}",
                          f"{level} CI": ci_text(r.ci_low, r.ci_high),
+                         "p (permutations)": "–" if math.isnan(r.p_value) else
+                         f"{r.p_value:.3f}{'' if r.exact else ' (MC)'}",
                          "cells without a distance": len(g) - len(ok)})
     if not rows:
         raise QgenError("no setting has 2 cells with a proxy distance")
@@ -387,14 +389,17 @@ def proxy_table(cells: pd.DataFrame, name: str, title: str, n_boot: int, alpha: 
     notes = [("Proxy: the bias-corrected Jensen–Shannon divergence (nats) between the unigram token distributions of "
               "the test set's evaluation text and the calibration set's calibration text, under the model's "
               "tokenizer (qgen.data.unigram; what `qgen recommend` ranks by where no sweep measured a target). "
-              "Damage: the cell's departure from FP in the harmful direction — the KL or flip rate itself, FP − "
-              "score for accuracy and top-1 agreement, perplexity − FP. ρ > 0: calibration text farther from the "
+              "Damage: the cell's departure from FP in the harmful direction — the KL or flip rate itself, 1 − the "
+              "top-1 agreement, FP − score for accuracy, perplexity − FP. ρ > 0: calibration text farther from the "
               "test text goes with more damage."),
              (f"All cells: Spearman's ρ over the cells, {level} percentile bootstrap over cells ({n_boot} "
               "resamples; cells sharing a test or calibration set are not independent, so this CI is optimistic). "
               "Within test sets: ranks taken inside each test column and centred, ρ pooled over the columns, "
               "bootstrap over test sets — the recommender's question (does the distance order the calibration "
-              "sets of one target?).")]
+              "sets of one target?). With few cells or test sets the bootstrap CI understates the uncertainty "
+              "(test sets that all agree give [1, 1]); p: two-sided, from permuting the damages over the cells "
+              "(within each test set for the second scope), exact over every permutation where there are at most "
+              "10,000, else Monte Carlo (MC) with as many permutations as bootstrap resamples.")]
     if skipped:
         notes.append("Cells without a distance: " + "; ".join(skipped) + ".")
     return Table(name, title, pd.DataFrame(rows), pd.DataFrame(data), notes)

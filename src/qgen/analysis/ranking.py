@@ -71,11 +71,10 @@ class Measured:
     rankings: list[Ranking]
 
 
-def covering_jobs(roots, target: str) -> pd.DataFrame:
+def covering_jobs(jobs: pd.DataFrame, target: str) -> pd.DataFrame:
     """The completed quantized jobs' rows of the target's KL and lm-eval tasks (empty when no job scored it)."""
-    df = tidy_results(*roots)
     tasks = (f"{KL_PREFIX}{target}", f"{TASK_PREFIX}{target}")
-    return df[df["task"].isin(tasks) & (df["quantizer"] != "none")].copy()
+    return jobs[jobs["task"].isin(tasks) & (jobs["quantizer"] != "none")].copy()
 
 
 def apply_filters(df: pd.DataFrame, target: str, filters: dict) -> pd.DataFrame:
@@ -110,7 +109,8 @@ def rank_measured(roots, target: str, filters: dict, wanted: str = "auto", n_boo
     """Every setting's ranking on the target, or None when no finished job scored the target at all."""
     if wanted not in DAMAGES:
         raise QgenError(f"--damage {wanted} is not allowed: use one of {', '.join(DAMAGES)}")
-    df = covering_jobs(roots, target)
+    jobs = tidy_results(*roots)
+    df = covering_jobs(jobs, target)
     if df.empty:
         return None
     df = apply_filters(df, target, filters)
@@ -125,7 +125,7 @@ def rank_measured(roots, target: str, filters: dict, wanted: str = "auto", n_boo
         rows = g[g["metric"] == metric]
         if metric is None or rows.empty:
             continue
-        fp_dirs = _fp_dirs(roots, dict(zip(SETTING_KEYS, key)), task) if kind == "acc" else ()
+        fp_dirs = _fp_dirs(jobs, dict(zip(SETTING_KEYS, key)), task) if kind == "acc" else ()
         ranking = Ranking(dict(zip(SETTING_KEYS, key)), task, metric)
         ranking.rows = _rank(rows, task, metric, counts, samples, fp_dirs, n_boot, alpha)
         rankings.append(ranking)
@@ -135,11 +135,10 @@ def rank_measured(roots, target: str, filters: dict, wanted: str = "auto", n_boo
     return Measured(target, kind, int(df["dir"].nunique()), rankings)
 
 
-def _fp_dirs(roots, setting: dict, task: str) -> tuple:
+def _fp_dirs(jobs: pd.DataFrame, setting: dict, task: str) -> tuple:
     """FP jobs (quantizer=none) of the setting's model, suite and limit: where per-item FP scores come from when
     the quantized jobs carry no in-job baseline."""
-    df = tidy_results(*roots)
-    fp = df[(df["quantizer"] == "none") & (df["task"] == task)]
+    fp = jobs[(jobs["quantizer"] == "none") & (jobs["task"] == task)]
     for k in ("model", "suite", "limit"):
         fp = fp[fp[k].astype(str) == str(setting[k])]
     return tuple(sorted(set(fp["dir"])))

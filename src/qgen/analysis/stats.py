@@ -304,10 +304,13 @@ def higher_is_better(metric: str) -> bool:
 
 def damage(metric: str, value, fp_value):
     """How far a quantized model departs from FP in the harmful direction (higher: more damage): the value itself
-    for the KL to FP and answer flips against FP (FP's own is 0), else FP − value where higher is better (the
-    accuracy drop, the lost top-1 agreement) and value − FP where lower is better (the perplexity increase)."""
+    for the KL to FP and answer flips against FP (FP's own is 0), 1 − value for the top-1 agreement with FP (FP's
+    own is 1), else FP − value where higher is better (the accuracy drop) and value − FP where lower is better (the
+    perplexity increase)."""
     if str(metric).startswith(("kl_", "flip_")):
         return value
+    if str(metric).startswith("top1_agree_"):
+        return 1 - value
     return fp_value - value if higher_is_better(metric) else value - fp_value
 
 
@@ -323,12 +326,17 @@ def seed_interval(values, alpha: float = 0.05) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class RankCorrelation:
-    """Spearman's ρ with its percentile bootstrap CI (`rank_correlation`)."""
+    """Spearman's ρ with its percentile bootstrap CI and permutation p-value (`rank_correlation`)."""
     n: int  # units resampled: pairs, or groups of pairs
     rho: float
     ci_low: float
     ci_high: float
     n_boot: int  # resamples in which ρ was defined (a resample whose x or y ranks are all tied has none)
+    p_value: float  # two-sided, from permutations of y (within groups): exact where there are few
+    exact: bool  # p_value from every permutation, not a Monte-Carlo sample of them
+
+
+EXACT_PERMUTATIONS = 10_000  # up to this many, the permutation p-value enumerates them all
 
 
 def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -350,14 +358,47 @@ def _centered_ranks(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
+def _permutation_p(a: np.ndarray, b: np.ndarray, blocks: list[np.ndarray], n_perm: int,
+                   rng: np.random.Generator) -> tuple[float, bool]:
+    """Two-sided p-value of ρ = Σ a·b / √(Σa² Σb²) (a, b centred ranks) under permutations of b inside each block
+    of indices (the null: no association; ρ's denominator is the same under every such permutation): the share of
+    permutations with |ρ| at least the observed, over all of them where there are at most EXACT_PERMUTATIONS, else
+    over `n_perm` random ones with the observed counted in, (1 + hits) / (1 + n_perm)."""
+    import itertools
+
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    if den == 0:
+        return math.nan, False
+    observed = abs(float((a * b).sum())) / den - 1e-12
+    total = math.prod(math.factorial(len(k)) for k in blocks)
+    if total <= EXACT_PERMUTATIONS:
+        hits = 0
+        for choice in itertools.product(*(itertools.permutations(k) for k in blocks)):
+            perm = np.empty(len(b), dtype=int)
+            for k, order in zip(blocks, choice):
+                perm[k] = order
+            hits += abs(float((a * b[perm]).sum())) / den >= observed
+        return hits / total, True
+    hits = 0
+    for _ in range(n_perm):
+        perm = np.arange(len(b))
+        for k in blocks:
+            perm[k] = rng.permutation(k)
+        hits += abs(float((a * b[perm]).sum())) / den >= observed
+    return (1 + hits) / (1 + n_perm), False
+
+
 def rank_correlation(x, y, groups=None, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> RankCorrelation:
-    """Spearman's rank correlation of paired values x, y (average ranks for ties) with a percentile bootstrap CI.
+    """Spearman's rank correlation of paired values x, y (average ranks for ties) with a percentile bootstrap CI and
+    a permutation p-value.
 
     Without `groups`: ρ = Pearson's correlation of the ranks of x and of y; the bootstrap resamples the pairs and
-    re-ranks each resample. With `groups` (a label per pair): the ranks are taken within each group and centred on
-    the group's mean rank, ρ = Σ_g Σ xr·yr / √(Σ_g Σ xr² · Σ_g Σ yr²) over the groups of ≥ 2 pairs (with one group,
-    its Spearman ρ): how well x orders y inside groups, whatever separates the groups; the bootstrap resamples
-    whole groups. ρ is NaN where x or y is constant (over all pairs, or inside every group)."""
+    re-ranks each resample; the permutations shuffle y over all pairs. With `groups` (a label per pair): the ranks are
+    taken within each group and centred on the group's mean rank, ρ = Σ_g Σ xr·yr / √(Σ_g Σ xr² · Σ_g Σ yr²) over
+    the groups of ≥ 2 pairs (with one group, its Spearman ρ): how well x orders y inside groups, whatever separates
+    the groups; the bootstrap resamples whole groups, the permutations shuffle y inside each group. With few units
+    the bootstrap CI understates the uncertainty (3 groups that all agree give [1, 1]); the permutation p-value does
+    not (those 3 groups of 2 give p = 2/8). ρ is NaN where x or y is constant (over all pairs, or in every group)."""
     from scipy.stats import rankdata
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -372,6 +413,8 @@ def rank_correlation(x, y, groups=None, n_boot: int = 2000, alpha: float = 0.05,
         idx = rng.integers(0, len(x), size=(int(n_boot), len(x)))
         boot = _rowwise_pearson(rankdata(x[idx], axis=1), rankdata(y[idx], axis=1))
         n = len(x)
+        a, b = rankdata(x) - (len(x) + 1) / 2, rankdata(y) - (len(x) + 1) / 2
+        blocks = [np.arange(len(x))]
     else:
         groups = np.asarray(groups)
         labels, counts = np.unique(groups, return_counts=True)
@@ -379,9 +422,9 @@ def rank_correlation(x, y, groups=None, n_boot: int = 2000, alpha: float = 0.05,
         if not keep.any():
             raise QgenError("a within-group rank correlation needs a group of at least 2 pairs")
         g = groups[keep]
-        xr, yr = _centered_ranks(x[keep], g), _centered_ranks(y[keep], g)
+        a, b = _centered_ranks(x[keep], g), _centered_ranks(y[keep], g)
         kept = np.unique(g)
-        sums = np.array([[(xr * yr)[g == k].sum(), (xr * xr)[g == k].sum(), (yr * yr)[g == k].sum()]
+        sums = np.array([[(a * b)[g == k].sum(), (a * a)[g == k].sum(), (b * b)[g == k].sum()]
                          for k in kept])  # groups × (Sxy, Sxx, Syy)
         n = len(kept)
 
@@ -393,6 +436,8 @@ def rank_correlation(x, y, groups=None, n_boot: int = 2000, alpha: float = 0.05,
 
         rho = float(rho_of(np.ones((1, n)))[0])
         boot = rho_of(rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_boot)).astype(float))
+        blocks = [np.flatnonzero(g == k) for k in kept]
     boot = boot[~np.isnan(boot)]
     low, high = np.quantile(boot, q) if len(boot) else (math.nan, math.nan)
-    return RankCorrelation(n, rho, float(low), float(high), len(boot))
+    p, exact = _permutation_p(a, b, blocks, int(n_boot), rng)
+    return RankCorrelation(n, rho, float(low), float(high), len(boot), p, exact)
