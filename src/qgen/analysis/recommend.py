@@ -99,8 +99,9 @@ def measured_report(m, alpha: float) -> dict:
                            "vs best", f"{level} CI", "CI over", "verdict"],
                           [_measured_row(x, m.target) for x in r.rows])]
     lines += ["", "CI over seeds: t-interval over the seeds (calibration draws); over items: bootstrap over the "
-                  "target's items. vs best: damage minus the best set's (Welch t over seeds where both have ≥ 2, "
-                  "else paired bootstrap over items); verdict 'different': distinguishable from the best."]
+                  "target's items, the one calibration draw held fixed (run ≥ 2 seeds to ask about the set). vs best: "
+                  "damage minus the best set's (Welch t over seeds where both have ≥ 2, else paired bootstrap over "
+                  "items); verdict 'different': distinguishable from the best."]
     return {"basis": "measured", "headline": headline, "target": m.target, "damage": m.kind, "jobs": m.jobs,
             "settings": [{"setting": r.setting, "task": r.task, "metric": r.metric, "rows": r.rows}
                          for r in m.rankings], "lines": lines}
