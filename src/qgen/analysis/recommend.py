@@ -5,9 +5,10 @@ Measured, where finished jobs under the output dirs scored the target: each cali
 to FP where measured, else the accuracy drop — per setting, with CIs over seeds or items and a verdict against the
 best set (qgen.analysis.ranking). Proxy, where none did (or with --proxy): the Jensen–Shannon divergence between
 the unigram token distributions of the target's evaluation text and each candidate's calibration text under the
-model's tokenizer, with bootstrap CIs over documents (qgen.data.unigram); candidates are --candidates, else every
-registered dataset prepared here (the target's own calibration part included). The first line of the output says
-which of the two it used and why; --json prints the same as one JSON object.
+model's tokenizer, bias-corrected by a bootstrap over documents that also gives its CI and the CI of its gap to the
+closest candidate (qgen.data.unigram); candidates are --candidates, else every registered dataset prepared here (the
+target's own calibration part included); --quantizer and --bits do not enter it, and the output says so. The first
+line of the output says which of the two it used and why; --json prints the same as one JSON object.
 
 The proxy's tokenizer is the model's: --model names a model (the config recorded by the jobs under the dirs, else
 conf/model/<M>.yaml); without it, the one model of the jobs there, else the default model of conf/config.yaml.
