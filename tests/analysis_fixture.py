@@ -101,3 +101,68 @@ def write_ablation(root: Path) -> Path:
             cfg["calib"]["n_samples"] = n
             _job(Path(root), f"n{n}_s{seed}", cfg, _metrics(it, 12.0), it, {"metrics": _metrics(FP_ITEMS, FP_PPL)})
     return Path(root)
+
+
+# -- letters: three registered datasets whose token distributions are known by construction ------------------------
+LETTERS = {"x": "abcd", "y": "cdef", "z": "ghij"}  # x and y share half their letters, z none with either
+LETTER_GROUPS = {"letters": {"in_distribution": "x", "members": ["x", "y"]}}
+TINY_MODEL = {"name": "tiny-llama", "pretrained": None, "asset": None, "dtype": "float32",
+              "random_init": {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                              "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64,
+                              "tie_word_embeddings": True}}  # a byte-level tokenizer: every letter is one token
+
+
+def register_letters(tmp_path: Path) -> Path:
+    """Datasets x, y, z (QGEN_DATASETS_DIR folder returned): every row is one of the 24 orderings of the dataset's
+    four letters, so under a byte-level tokenizer each row — hence each part, and each bootstrap resample of its
+    rows — has the uniform unigram distribution over those letters. JS divergences in nats: x/x 0, x/y ½ ln 2 (the
+    halves they share hold half the mass: KL(P ‖ M) = ½ ln 2 on each side), x/z and y/z ln 2."""
+    from itertools import permutations
+
+    from conftest import write_user_dataset
+
+    regdir = None
+    for name, letters in LETTERS.items():
+        rows = [{"text": "".join(p)} for p in permutations(letters)]
+        regdir = write_user_dataset(tmp_path, name, rows, task_type="corpus", calib_text="{{text}}")
+    return regdir
+
+
+# Per-window KL to FP (4 windows) of the letters sweep, by how the calibration set relates to the test set.
+KL_WINDOWS = {
+    "same": {1: [0.10, 0.12, 0.11, 0.09], 2: [0.12, 0.10, 0.11, 0.11]},  # seed means 0.105, 0.11
+    "half": {1: [0.20, 0.22, 0.21, 0.19], 2: [0.21, 0.21, 0.20, 0.22]},  # 0.205, 0.21
+    "disjoint": {1: [0.30, 0.31, 0.29, 0.30]},  # 0.30; calibrated on z with one seed only
+}
+KL_METRIC = "kl_mean_nonoverlap_w512_top64"
+
+
+def write_letters_sweep(root: Path) -> Path:
+    """RTN w4a16 jobs of the tiny model calibrated on x and y (seeds 1, 2) and on z (seed 1), each scoring the KL to
+    FP on x and y: the windows of KL_WINDOWS by relation (same set, half the letters shared, none shared), so the
+    damage grows with the token distance by construction. Hand-computed means (test x / test y):
+
+      calib x   0.1075 / 0.2075      calib y   0.2075 / 0.1075      calib z   0.30 / 0.30
+    """
+    root = Path(root)
+    for calib in LETTERS:
+        for seed in (1, 2) if calib != "z" else (1,):
+            metrics, items = {}, []
+            for test in ("x", "y"):
+                relation = "same" if calib == test else "disjoint" if calib == "z" else "half"
+                windows = KL_WINDOWS[relation][seed]
+                task = f"kl/{test}"
+                metrics[task] = {KL_METRIC: {"value": sum(windows) / len(windows), "stderr": 0.01},
+                                 "n_items": {"value": len(windows), "stderr": None},
+                                 "tokens": {"value": 511 * len(windows), "stderr": None}}
+                items += [{"task": task, "doc_id": i, KL_METRIC: v} for i, v in enumerate(windows)]
+            config = {"model": dict(TINY_MODEL), "quantizer": {"name": "rtn"}, "bits": {"name": "w4a16"},
+                      "calib": {"name": calib, "dataset": calib, "n_samples": 8, "seq_len": 64},
+                      "eval_suite": {"name": "s2_letters", "limit": None, "groups": LETTER_GROUPS}, "seed": seed}
+            d = root / f"rtn_{calib}_s{seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({
+                "schema": 1, "job_id": d.name, "status": "completed", "config": config, "seed": seed,
+                "metrics": metrics, "baseline": None, "timings": {"evaluate": 1.0}}))
+            (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    return root

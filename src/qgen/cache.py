@@ -9,7 +9,9 @@ a damaged entry is deleted and reported as a miss, so the caller rebuilds it. Th
 Kinds: `calibration` (token windows), `quantized` (quantized block weights + report), `eval` (a model's scores on
 an eval suite, keyed by the identity of its weights: the FP model, or a quantized checkpoint, and the eval dtype),
 `reference` (the FP model's next-token distributions on one dataset's held-out text, for the divergence metrics:
-keyed by model, tokenizer, dataset, protocol and eval dtype).
+keyed by model, tokenizer, dataset, protocol and eval dtype), `tokens` (a prepared dataset part's token counts per
+document, for the calibration-set proxy of qgen.data.unigram: keyed by tokenizer, dataset, part, the part file's
+sha256 and calib_text).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from qgen.home import cache_dir
 log = logging.getLogger(__name__)
 
 ENTRY = "entry.json"
-KINDS = ("calibration", "quantized", "eval", "reference")
+KINDS = ("calibration", "quantized", "eval", "reference", "tokens")
 # Bump when what a cached artifact means changes (quantization math, calibration windows, eval protocol).
-CODE_VERSION = {"calibration": 1, "quantized": 2, "eval": 1, "reference": 1}  # quantized 2: grids saved
+CODE_VERSION = {"calibration": 1, "quantized": 2, "eval": 1, "reference": 1, "tokens": 1}  # quantized 2: grids saved
 
 
 def make_key(kind: str, identity: dict) -> str:

@@ -4,8 +4,9 @@
   qgen datasets [--json]             the dataset registry and what is available on this machine
   qgen prepare NAME.. [--from DIR]   prepare hub-only datasets (c4, wiki, boss_sa, …) from the hub or a copy
   qgen results DIR [DIR ...]         a table of the results.json files under output dirs
-  qgen cache list|clear [--kind K]   the content-addressed caches (calibration, quantized, eval, reference)
+  qgen cache list|clear [--kind K]   the content-addressed caches (calibration, quantized, eval, reference, tokens)
   qgen report [DIR ...] [--out report] [--scenario s1 s2 s3 ablation]   tables and figures (qgen.analysis)
+  qgen recommend --target DATASET [DIR ...] [--model M] [--quantizer Q] [--bits B]   calibration sets for a target
   qgen export JOB_DIR [--out DIR]    a finished job's quantized model as a compressed-tensors checkpoint
 """
 
@@ -163,9 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("results", help="table of results under output dirs")
     p.add_argument("dirs", nargs="+")
     p.set_defaults(fn=cmd_results)
+    from qgen.cache import KINDS as cache_kinds
     p = sub.add_parser("cache", help="list or clear the caches")
     p.add_argument("action", choices=["list", "clear"])
-    p.add_argument("--kind", choices=["calibration", "quantized", "eval", "reference"])
+    p.add_argument("--kind", choices=cache_kinds)
     p.set_defaults(fn=cmd_cache)
     p = sub.add_parser("export", help="write a finished job's quantized model as a low-bit checkpoint")
     p.add_argument("job_dir", help="the output folder of one completed job (holds results.json)")
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("report", help="paper tables and figures from output dirs (S1, S2, S3, ablations)")
     report.add_arguments(p)
     p.set_defaults(fn=report.run)
+    from qgen.analysis import recommend
+    p = sub.add_parser("recommend", help="rank calibration sets for a target dataset: measured damage, else a proxy")
+    recommend.add_arguments(p)
+    p.set_defaults(fn=recommend.run)
     args = parser.parse_args(argv)
     try:
         args.fn(args)

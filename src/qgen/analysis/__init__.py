@@ -9,5 +9,7 @@ ablation  metric against calibration size / sequence length
 tables    one table -> Markdown, LaTeX and CSV
 figures   heatmaps and radar charts
 report    the scenario reports under a report dir (what `qgen report` and `make tables figures` run)
+ranking   calibration sets ranked by the damage measured on one target dataset
+recommend `qgen recommend`: that ranking, else a token-distance proxy (qgen.data.unigram)
 publish   report tables to W&B as tables and an artifact
 """

@@ -13,6 +13,10 @@ A family gets one matrix per kind of task and metric: the lm-eval score (acc, �
 FP (`flip_rate`) of its `qgen_` tasks, the perplexity of its `ppl/` tasks, and the mean KL to FP and the top-1
 agreement of its `kl/` tasks. Every cell states its n_items (windows for KL, tokens for perplexity), every
 comparison its minimum detectable difference and verdict (qgen.analysis.stats).
+
+The proxy table (`proxy_cells`, `proxy_table`): does the token distance `qgen recommend` falls back on (qgen.data.
+unigram) track the damage measured in the cells? Spearman's ρ between the two over the cells and within test sets,
+with bootstrap CIs and n; skipped, with the reason, where the datasets are not prepared here.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from qgen.analysis.s1 import item_counts, mean_count
 from qgen.analysis.stats import (
     VERDICTS,
     compare_items,
+    damage,
     higher_is_better,
+    rank_correlation,
     result_fields,
     seed_comparison,
     seed_fields,
@@ -281,3 +287,119 @@ def claims_table(claims: pd.DataFrame, name: str, title: str) -> Table:
 
 def _seeds_text(k: float) -> str:
     return "–" if math.isnan(k) else "> 1000" if math.isinf(k) else f"{k:.0f}"
+
+
+def proxy_cells(mats: list[Matrix], alpha: float = 0.05) -> pd.DataFrame:
+    """Every cell of the matrices with a measured damage (stats.damage of the cell's mean against its column's FP
+    value) beside the proxy distance from its test set's evaluation text to its calibration set's calibration text
+    under the setting model's tokenizer (qgen.data.unigram: the bias-corrected JS divergence of unigram token
+    distributions, the distance `qgen recommend` ranks by). `why` says why a cell has no distance: a calibration
+    mixture or `self`, or a dataset not registered or not prepared here (the report never prepares data). A model
+    whose tokenizer cannot be loaded is one QgenError."""
+    from qgen.data import unigram
+
+    tokenizers, parts, found, rows = {}, {}, {}, []
+
+    def counts(m: Matrix, dataset: str, part: str):
+        model = m.setting["model"]
+        if model not in tokenizers:
+            tokenizers[model] = _tokenizer_of(m)
+        if (model, dataset, part) not in parts:
+            parts[(model, dataset, part)] = unigram.part_counts(tokenizers[model], dataset, part)
+        return parts[(model, dataset, part)]
+
+    for m in mats:
+        for calib in m.mean.index:
+            for test in m.mean.columns:
+                harm = damage(m.metric, m.mean.loc[calib, test], m.fp[test])
+                if math.isnan(harm):
+                    continue
+                why, dist = _not_prepared(calib) or _not_prepared(test), math.nan
+                if not why:
+                    key = (m.setting["model"], calib, test)
+                    if key not in found:
+                        found[key] = unigram.estimate(counts(m, test, "eval"), counts(m, calib, "calib"),
+                                                      alpha=alpha).distance
+                    dist = found[key]
+                rows.append({**m.setting, "family": m.family, "metric": m.metric, "calib": calib, "test": test,
+                             "damage": harm, "distance": dist, "why": why})
+    return pd.DataFrame(rows)
+
+
+def _not_prepared(dataset: str) -> str:
+    from qgen.data import registry
+    from qgen.data.prepare import is_prepared
+
+    try:
+        spec = registry.get(dataset)
+    except QgenError:
+        return f"{dataset} is not a registered dataset"
+    return "" if is_prepared(spec) else f"{dataset} is not prepared here"
+
+
+def _tokenizer_of(m: Matrix):
+    """The tokenizer of the model a matrix's jobs ran (their recorded model config)."""
+    from omegaconf import OmegaConf
+
+    from qgen.models.source import model_source
+    from qgen.record.reader import read_configs
+
+    job_dir = next(d for dirs in m.dirs.values() for d in dirs)
+    model = (next(iter(read_configs(job_dir).values()), None) or {}).get("model") or {}
+    source = model_source(OmegaConf.create(model))
+    source.check(quantizes=False)
+    return source.tokenizer()
+
+
+def proxy_table(cells: pd.DataFrame, name: str, title: str, n_boot: int, alpha: float) -> Table:
+    """Is the proxy distance correlated with the measured damage? Per setting and metric, Spearman's ρ between
+    distance and damage over the cells (stats.rank_correlation, bootstrap over cells), and within test sets (ranks
+    taken inside each test column, bootstrap over test sets: does the distance order the calibration sets of one
+    target, as the recommender uses it?). A QgenError, the report's note, when no cell has a distance."""
+    if cells.empty:
+        raise QgenError("no calibration × test cell has a measured damage")
+    have = cells[cells["distance"].notna()]
+    if have.empty:
+        raise QgenError(f"no cell has a proxy distance ({'; '.join(sorted(set(cells['why'])))})")
+    level = f"{100 * (1 - alpha):.0f}%"
+    rows, data = [], []
+    for key, g in cells.groupby([*SETTING_KEYS, "metric"], sort=True):
+        ok = g[g["distance"].notna()]
+        setting = dict(zip([*SETTING_KEYS, "metric"], key))
+        for scope, groups, unit in (("all cells", None, "cells"), ("within test sets", "test", "test sets")):
+            try:
+                r = rank_correlation(ok["distance"], ok["damage"], None if groups is None else ok[groups],
+                                     n_boot, alpha)
+            except QgenError:
+                continue  # fewer than 2 cells, or no test set with 2 calibration rows
+            data.append({**setting, "scope": scope, "n": r.n, "unit": unit, "rho": r.rho, "ci_low": r.ci_low,
+                         "ci_high": r.ci_high, "n_boot_defined": r.n_boot, "p_value": r.p_value,
+                         "p_exact": r.exact, "cells": len(ok), "cells_without_distance": len(g) - len(ok)})
+            rows.append({"Setting": f"{setting['model']} {setting['quantizer']} {setting['bits']} "
+                                    f"n={setting['n_samples']} len={setting['seq_len']}",
+                         "Metric (damage)": setting["metric"], "Scope": scope, "n": f"{r.n} {unit}",
+                         "Spearman ρ": "–" if math.isnan(r.rho) else f"{r.rho:+.3f}",
+                         f"{level} CI": ci_text(r.ci_low, r.ci_high),
+                         "p (permutations)": "–" if math.isnan(r.p_value) else
+                         f"{r.p_value:.3f}{'' if r.exact else ' (MC)'}",
+                         "cells without a distance": len(g) - len(ok)})
+    if not rows:
+        raise QgenError("no setting has 2 cells with a proxy distance")
+    skipped = sorted(set(cells.loc[cells["distance"].isna(), "why"]))
+    notes = [("Proxy: the bias-corrected Jensen–Shannon divergence (nats) between the unigram token distributions of "
+              "the test set's evaluation text and the calibration set's calibration text, under the model's "
+              "tokenizer (qgen.data.unigram; what `qgen recommend` ranks by where no sweep measured a target). "
+              "Damage: the cell's departure from FP in the harmful direction — the KL or flip rate itself, 1 − the "
+              "top-1 agreement, FP − score for accuracy, perplexity − FP. ρ > 0: calibration text farther from the "
+              "test text goes with more damage."),
+             (f"All cells: Spearman's ρ over the cells, {level} percentile bootstrap over cells ({n_boot} "
+              "resamples; cells sharing a test or calibration set are not independent, so this CI is optimistic). "
+              "Within test sets: ranks taken inside each test column and centred, ρ pooled over the columns, "
+              "bootstrap over test sets — the recommender's question (does the distance order the calibration "
+              "sets of one target?). With few cells or test sets the bootstrap CI understates the uncertainty "
+              "(test sets that all agree give [1, 1]); p: two-sided, from permuting the damages over the cells "
+              "(within each test set for the second scope), exact over every permutation where there are at most "
+              "10,000, else Monte Carlo (MC) with as many permutations as bootstrap resamples.")]
+    if skipped:
+        notes.append("Cells without a distance: " + "; ".join(skipped) + ".")
+    return Table(name, title, pd.DataFrame(rows), pd.DataFrame(data), notes)

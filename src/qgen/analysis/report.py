@@ -160,6 +160,12 @@ def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, pref
     else:
         section.notes.append("No test set was calibrated on both in-distribution and out-of-distribution data, so "
                              "there is no win count.")
+    try:
+        section.tables.append(matrix.proxy_table(matrix.proxy_cells(mats, opts.alpha), f"{prefix}_proxy",
+                                                 f"{prefix.upper()}: does the token-distance proxy track the "
+                                                 f"measured damage?", opts.n_boot, opts.alpha))
+    except QgenError as exc:
+        section.notes.append(f"No token-distance proxy table: {exc}.")
     if not opts.figures:
         return
     by_family: dict = {}

@@ -33,6 +33,10 @@ Welch–Satterthwaite degrees of freedom, and its MDE = (t_{1-α/2,df} + t_{0.8,
 would detect a given difference at 80 % power from the observed seed spreads. The item set is fixed in this test;
 the item bootstrap covers item sampling.
 
+Damage (`damage`): a quantized value's departure from FP in the harmful direction, what `qgen recommend` ranks
+calibration sets by and the S2 proxy table correlates with a token distance. `seed_interval`: the t-interval of a
+mean over seeds. `rank_correlation`: Spearman's ρ with a percentile bootstrap CI, over pairs or within groups.
+
 Answer flips (Dutta et al. 2024): for binary per-item scores of a reference (the FP model) and a candidate (the
 quantized model) on the same items, `flip_table` counts correct→wrong and wrong→correct items, their rates, and
 paired-bootstrap CIs of both rates (the same item resampling as above).
@@ -296,3 +300,144 @@ LOWER_IS_BETTER_PREFIXES = ("ppl", "kl_", "flip_")
 
 def higher_is_better(metric: str) -> bool:
     return not str(metric).startswith(LOWER_IS_BETTER_PREFIXES)
+
+
+def damage(metric: str, value, fp_value):
+    """How far a quantized model departs from FP in the harmful direction (higher: more damage): the value itself
+    for the KL to FP and answer flips against FP (FP's own is 0), 1 − value for the top-1 agreement with FP (FP's
+    own is 1), else FP − value where higher is better (the accuracy drop) and value − FP where lower is better (the
+    perplexity increase)."""
+    if str(metric).startswith(("kl_", "flip_")):
+        return value
+    if str(metric).startswith("top1_agree_"):
+        return 1 - value
+    return fp_value - value if higher_is_better(metric) else value - fp_value
+
+
+def seed_interval(values, alpha: float = 0.05) -> tuple[float, float]:
+    """The t-interval of the mean of per-seed values, mean ± t_{1-α/2, k-1}·sd/√k (sd with ddof=1); NaNs with
+    fewer than 2 seeds."""
+    v = np.asarray(pd.Series(values).dropna(), dtype=float)
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = _t(1 - alpha / 2, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's ρ with its percentile bootstrap CI and permutation p-value (`rank_correlation`)."""
+    n: int  # units resampled: pairs, or groups of pairs
+    rho: float
+    ci_low: float
+    ci_high: float
+    n_boot: int  # resamples in which ρ was defined (a resample whose x or y ranks are all tied has none)
+    p_value: float  # two-sided, from permutations of y (within groups): exact where there are few
+    exact: bool  # p_value from every permutation, not a Monte-Carlo sample of them
+
+
+EXACT_PERMUTATIONS = 10_000  # up to this many, the permutation p-value enumerates them all
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=-1, keepdims=True)
+    y = y - y.mean(axis=-1, keepdims=True)
+    den = np.sqrt((x * x).sum(axis=-1) * (y * y).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (x * y).sum(axis=-1) / np.where(den > 0, den, 1), np.nan)
+
+
+def _centered_ranks(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    out = np.empty(len(values))
+    for g in np.unique(groups):
+        at = groups == g
+        ranks = rankdata(values[at])
+        out[at] = ranks - ranks.mean()
+    return out
+
+
+def _permutation_p(a: np.ndarray, b: np.ndarray, blocks: list[np.ndarray], n_perm: int,
+                   rng: np.random.Generator) -> tuple[float, bool]:
+    """Two-sided p-value of ρ = Σ a·b / √(Σa² Σb²) (a, b centred ranks) under permutations of b inside each block
+    of indices (the null: no association; ρ's denominator is the same under every such permutation): the share of
+    permutations with |ρ| at least the observed, over all of them where there are at most EXACT_PERMUTATIONS, else
+    over `n_perm` random ones with the observed counted in, (1 + hits) / (1 + n_perm)."""
+    import itertools
+
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    if den == 0:
+        return math.nan, False
+    observed = abs(float((a * b).sum())) / den - 1e-12
+    total = math.prod(math.factorial(len(k)) for k in blocks)
+    if total <= EXACT_PERMUTATIONS:
+        hits = 0
+        for choice in itertools.product(*(itertools.permutations(k) for k in blocks)):
+            perm = np.empty(len(b), dtype=int)
+            for k, order in zip(blocks, choice):
+                perm[k] = order
+            hits += abs(float((a * b[perm]).sum())) / den >= observed
+        return hits / total, True
+    hits = 0
+    for _ in range(n_perm):
+        perm = np.arange(len(b))
+        for k in blocks:
+            perm[k] = rng.permutation(k)
+        hits += abs(float((a * b[perm]).sum())) / den >= observed
+    return (1 + hits) / (1 + n_perm), False
+
+
+def rank_correlation(x, y, groups=None, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> RankCorrelation:
+    """Spearman's rank correlation of paired values x, y (average ranks for ties) with a percentile bootstrap CI and
+    a permutation p-value.
+
+    Without `groups`: ρ = Pearson's correlation of the ranks of x and of y; the bootstrap resamples the pairs and
+    re-ranks each resample; the permutations shuffle y over all pairs. With `groups` (a label per pair): the ranks are
+    taken within each group and centred on the group's mean rank, ρ = Σ_g Σ xr·yr / √(Σ_g Σ xr² · Σ_g Σ yr²) over
+    the groups of ≥ 2 pairs (with one group, its Spearman ρ): how well x orders y inside groups, whatever separates
+    the groups; the bootstrap resamples whole groups, the permutations shuffle y inside each group. With few units
+    the bootstrap CI understates the uncertainty (3 groups that all agree give [1, 1]); the permutation p-value does
+    not (those 3 groups of 2 give p = 2/8). ρ is NaN where x or y is constant (over all pairs, or in every group)."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise QgenError(f"a rank correlation needs two equal-length 1-D arrays, got shapes {x.shape} and {y.shape}")
+    q = [alpha / 2, 1 - alpha / 2]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        if len(x) < 2:
+            raise QgenError("a rank correlation needs at least 2 pairs")
+        rho = float(_rowwise_pearson(rankdata(x), rankdata(y)))
+        idx = rng.integers(0, len(x), size=(int(n_boot), len(x)))
+        boot = _rowwise_pearson(rankdata(x[idx], axis=1), rankdata(y[idx], axis=1))
+        n = len(x)
+        a, b = rankdata(x) - (len(x) + 1) / 2, rankdata(y) - (len(x) + 1) / 2
+        blocks = [np.arange(len(x))]
+    else:
+        groups = np.asarray(groups)
+        labels, counts = np.unique(groups, return_counts=True)
+        keep = np.isin(groups, labels[counts >= 2])
+        if not keep.any():
+            raise QgenError("a within-group rank correlation needs a group of at least 2 pairs")
+        g = groups[keep]
+        a, b = _centered_ranks(x[keep], g), _centered_ranks(y[keep], g)
+        kept = np.unique(g)
+        sums = np.array([[(a * b)[g == k].sum(), (a * a)[g == k].sum(), (b * b)[g == k].sum()]
+                         for k in kept])  # groups × (Sxy, Sxx, Syy)
+        n = len(kept)
+
+        def rho_of(weights):  # weights: resamples × groups (how often each group was drawn)
+            sxy, sxx, syy = (weights @ sums).T
+            den = np.sqrt(sxx * syy)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(den > 0, sxy / np.where(den > 0, den, 1), np.nan)
+
+        rho = float(rho_of(np.ones((1, n)))[0])
+        boot = rho_of(rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_boot)).astype(float))
+        blocks = [np.flatnonzero(g == k) for k in kept]
+    boot = boot[~np.isnan(boot)]
+    low, high = np.quantile(boot, q) if len(boot) else (math.nan, math.nan)
+    p, exact = _permutation_p(a, b, blocks, int(n_boot), rng)
+    return RankCorrelation(n, rho, float(low), float(high), len(boot), p, exact)

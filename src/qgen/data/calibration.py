@@ -105,10 +105,7 @@ def source_shares(datasets: list[str], weights: list[float] | None, n_samples: i
 
 def windows_from_dataset(name: str, tokenizer, n_windows: int, seq_len: int, seed: int, min_tokens: int | None = None,
                          chat_template: bool = False) -> tuple[torch.Tensor, dict]:
-    spec = registry.get(name)
-    rows = registry.load_split(name, "calib")
-    texts = [registry.render(spec.calib_text, row) for row in rows]
-    texts = [t for t in texts if t.strip()]
+    texts = [t for t in registry.render_split(name, "calib") if t.strip()]
     if not texts:
         raise QgenError(f"dataset {name!r} has no calibration text")
     if chat_template:

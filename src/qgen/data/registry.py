@@ -170,6 +170,14 @@ def render(template: str, row: dict) -> str:
     return _jinja(template).render(**row)
 
 
+def render_split(name: str, split: str) -> list[str]:
+    """A prepared part's rows rendered as the model sees them (the dataset's `calib_text`), one text per row: the
+    calibration part as calibration windows are cut from it, the evaluation part as perplexity and the
+    divergence metrics read it."""
+    spec = get(name)
+    return [render(spec.calib_text, row) for row in load_split(name, split)]
+
+
 @lru_cache(maxsize=256)
 def template_fields(template: str) -> frozenset[str]:
     """The row fields a template reads (what the model sees of an example)."""

@@ -23,8 +23,7 @@ def held_out_texts(dataset: str) -> list[str]:
     """A registered dataset's evaluation part rendered as the model sees its text (the dataset's calib_text)."""
     from qgen.data import registry
 
-    spec = registry.get(dataset)
-    return [registry.render(spec.calib_text, r) for r in registry.load_split(dataset, "eval")]
+    return registry.render_split(dataset, "eval")
 
 
 def token_windows(tokenizer, texts: list[str], window: int, max_windows: int | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -46,21 +47,40 @@ class ModelSource:
 
     def load(self, seed: int, dtype):
         """(model in eval mode on CPU, tokenizer, info: where the weights came from)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         ref = self.reference()
-        kwargs = {"revision": self.cfg.get("revision") or None,
-                  "trust_remote_code": bool(self.cfg.get("trust_remote_code"))}
+        tokenizer = self._tokenizer(ref)
+        with self._load_errors(ref):
+            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, low_cpu_mem_usage=True, **self._hf_kwargs())
+        return model.eval(), tokenizer, {"source": self.kind, "path": ref}
+
+    def tokenizer(self):
+        """The tokenizer alone, without the weights (what qgen.data.unigram counts tokens with)."""
+        return self._tokenizer(self.reference())
+
+    def _tokenizer(self, ref: str):
+        from transformers import AutoTokenizer
+
+        with self._load_errors(ref):
+            tokenizer = AutoTokenizer.from_pretrained(ref, **self._hf_kwargs())
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def _hf_kwargs(self) -> dict:
+        return {"revision": self.cfg.get("revision") or None,
+                "trust_remote_code": bool(self.cfg.get("trust_remote_code"))}
+
+    @contextmanager
+    def _load_errors(self, ref: str):
+        """transformers' OSError (missing files, no hub access) as one line naming the model and where from."""
         try:
-            tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, low_cpu_mem_usage=True, **kwargs)
+            yield
         except OSError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise QgenError(f"could not load model {self.cfg.get('pretrained')!r} from {self.where(ref)}: "
                             f"{first}") from exc
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return model.eval(), tokenizer, {"source": self.kind, "path": ref}
 
     def where(self, ref: str) -> str:
         return ref
@@ -82,6 +102,11 @@ class RandomInit(ModelSource):
 
         model, tokenizer = tiny_llama(dict(self.cfg.random_init), seed=seed, dtype=dtype)
         return model.eval(), tokenizer, {"source": self.kind, "seed": seed}
+
+    def tokenizer(self):
+        from qgen.models.tiny import byte_tokenizer
+
+        return byte_tokenizer()
 
     def identity(self, info: dict, seed: int) -> dict:
         return {**self._ident(), "random_init": _plain(self.cfg.random_init), "seed": seed}
