@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from qgen.errors import QgenError
-from qgen.models.arch import adapter_for
+from qgen.models.arch import Subset, adapter_for
 from qgen.quant.activations import ActFormat
 from qgen.quant.engine import quantize_model
 from qgen.quant.fold import fold_scales
@@ -78,14 +78,12 @@ def test_folding_into_every_foldable_subset_keeps_the_function(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_inspected_modules_run_on_the_declared_block_arguments(family):
     """The module AWQ's search inspects, run on its input and the block keyword arguments the adapter declares for it,
-    computes what it computes inside the block; every subset of several linears declares one, and only q·kᵀ's
-    linears go unclipped."""
+    computes what it computes inside the block; only q·kᵀ's linears go unclipped."""
     model = _tiny(family)
     adapter = adapter_for(model.config.model_type)
     block = adapter.block_list(model)[0]
     inspected = [s for s in adapter.subsets_for(model) if s.inspect]
     assert {s.inspect.module for s in inspected} == {"self_attn", "mlp"} - ({"mlp"} if family == "opt" else set())
-    assert all(s.inspect for s in adapter.subsets_for(model) if len(s.linears) > 1)
     assert {q.rsplit(".", 1)[-1] for s in adapter.subsets for q in s.qk} == {"q_proj", "k_proj"}
     seen = {}
 
@@ -107,6 +105,12 @@ def test_inspected_modules_run_on_the_declared_block_arguments(family):
             kwargs = {k: seen["block"][k] for k in s.inspect.kwargs if k in seen["block"]}
             mine = block.get_submodule(s.inspect.module)(x, **kwargs)
             torch.testing.assert_close(mine[0] if isinstance(mine, tuple) else mine, out, rtol=0, atol=0)
+
+
+def test_a_subset_of_several_linears_names_the_module_reading_their_input():
+    with pytest.raises(ValueError, match="declare the module that reads their input"):
+        Subset("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj"))
+    assert Subset("mlp.up_proj", ("mlp.down_proj",)).inspect is None  # one linear: AWQ inspects it
 
 
 def test_grouped_query_attention_makes_v_to_o_unfoldable():
