@@ -20,7 +20,7 @@ from test_quant_methods import _with_activation_outliers
 def main() -> None:
     model = tiny_llama(0)
     ids = calib_ids(model.config.vocab_size, n=16, seq=64)
-    awq = ("awq", {"token_stride": 1})
+    awq = ("awq", {})
     rows = [("W3 g128", name, model, steps, {"bits": 3, "group_size": 128}) for name, steps in (
         ("rtn", [("rtn", {})]), ("gptq", [("gptq", {})]), ("gptq desc_act", [("gptq", {"desc_act": True})]),
         ("awq", [awq]), ("awq+gptq", [awq, ("gptq", {})]), ("spqr (damp 0.01)", [("spqr", {"damp_percent": 0.01})]),

@@ -38,16 +38,17 @@ def calib_ids(vocab: int, n: int = 16, seq: int = 64, seed: int = 0) -> torch.Te
 
 
 def quantized(model, steps: list, bits: int, group_size: int = -1, symmetric: bool = False,
-              act: ActFormat | None = None, ids=None, batch_size: int = 8, **engine):
-    """A quantized deep copy of model; steps: [(method name, {settings})]; engine: more EngineSettings fields
-    (block passes in float32 unless `dtype` is given, so results do not depend on the CPU's bf16 support)."""
+              act: ActFormat | None = None, ids=None, batch_size: int = 8, adapter=None, **engine):
+    """A quantized deep copy of model; steps: [(method name, {settings})]; adapter: the model type's unless given;
+    engine: more EngineSettings fields (block passes in float32 unless `dtype` is given, so results do not depend on
+    the CPU's bf16 support)."""
     engine.setdefault("dtype", "float32")
     model = copy.deepcopy(model)
     fmt = WeightFormat(bits, group_size, symmetric)
     act = act or ActFormat()
     methods = [build(name, fmt, act, dict(hp)) for name, hp in steps]
-    report = quantize_model(model, adapter_for(model.config.model_type), methods, act, ids, torch.device("cpu"),
-                            EngineSettings(batch_size=batch_size, **engine))
+    report = quantize_model(model, adapter or adapter_for(model.config.model_type), methods, act, ids,
+                            torch.device("cpu"), EngineSettings(batch_size=batch_size, **engine))
     return model, report
 
 
@@ -94,23 +95,56 @@ def layer_errors(fp_model, q_model, ids: torch.Tensor) -> dict[str, float]:
     return errors
 
 
-def subset_errors(fp_model, q_model, ids: torch.Tensor, rtn_format: WeightFormat) -> dict[tuple, tuple[float, float]]:
-    """Per (block, subset): the joint squared output error Σ_linears ||ŷ − W x||² of the quantized linears, and
-    that of round-to-nearest weights Q(W) on the *same* inputs x — the objective AWQ's scale search minimises
-    (all of a subset's outputs together, in the original coordinates). Keys: (block index, subset name)."""
+@torch.no_grad()
+def inspected_errors(fp_model, q_model, ids: torch.Tensor,
+                     rtn_format: WeightFormat) -> dict[tuple, tuple[float, float]]:
+    """Per (block, subset) with scales searched (foldable, behind an op): the mean squared error of the output of the
+    module the adapter names for the subset (`Subset.inspect`; else its linear) when the subset's linears — and only
+    they — hold the quantized weights, in the original coordinates; and the same with round-to-nearest weights Q(W)
+    instead. Both on the input x (with the keyword arguments) the module gets in the quantized model: the objective of
+    AWQ's scale search, which tries α = 0, RTN exactly. Keys: (block index, subset name)."""
     from qgen.quant.grid import quantize_weight
 
     adapter = adapter_for(q_model.config.model_type)
-    io = linear_io(fp_model, q_model, ids)
+    subsets = [s for s in adapter.subsets_for(q_model) if s.foldable and s.prev_op is not None]
+    seen, handles = {}, []
+    for i, block in enumerate(adapter.block_list(q_model)):
+        for subset in subsets:
+            path = subset.inspect.module if subset.inspect else subset.linears[0]
+
+            def grab(module, args, kwargs, key=(i, subset.name)):
+                x = args[0] if args else kwargs["hidden_states"]
+                seen[key] = (x.detach().clone(), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+            handles.append(block.get_submodule(path).register_forward_pre_hook(grab, with_kwargs=True, prepend=True))
+    try:
+        q_model(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def run(module, x, kwargs):
+        out = module(x, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
     out = {}
-    for i in range(len(adapter.block_list(q_model))):
-        for subset in adapter.subsets_for(q_model):
-            q_err = rtn_err = 0.0
-            for p in subset.linears:
-                x, y, ref_lin = io[f"{adapter.blocks}.{i}.{p}"]
-                ref = F.linear(x, ref_lin.weight, ref_lin.bias)
-                rtn = F.linear(x, quantize_weight(ref_lin.weight.data, rtn_format)[0], ref_lin.bias)
-                q_err += float(((y - ref) ** 2).sum())
-                rtn_err += float(((rtn - ref) ** 2).sum())
-            out[(i, subset.name)] = (q_err, rtn_err)
+    for i, (fp_block, q_block) in enumerate(zip(adapter.block_list(fp_model), adapter.block_list(q_model))):
+        for subset in subsets:
+            path = subset.inspect.module if subset.inspect else subset.linears[0]
+            x, kwargs = seen[(i, subset.name)]
+            x = x * input_scale(q_block.get_submodule(subset.linears[0]))  # back to the original coordinates
+            ref = run(fp_block.get_submodule(path), x, kwargs)
+            errors = []
+            for weights in ("quantized", "rtn"):
+                block = copy.deepcopy(fp_block)
+                for p in subset.linears:
+                    lin, q_lin = block.get_submodule(p), q_block.get_submodule(p)
+                    if weights == "rtn":
+                        lin.weight.data = quantize_weight(lin.weight.data, rtn_format)[0]
+                    else:  # Ŵ in the original coordinates: input columns and output rows scaled back
+                        s_out = output_scale(q_lin)
+                        w = q_lin.weight.data / input_scale(q_lin)
+                        lin.weight.data = w * s_out.unsqueeze(1) if s_out is not None else w
+                errors.append(float((run(block.get_submodule(path), x, kwargs) - ref).square().mean()))
+            out[(i, subset.name)] = tuple(errors)
     return out

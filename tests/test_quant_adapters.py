@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from qgen.errors import QgenError
-from qgen.models.arch import adapter_for
+from qgen.models.arch import Subset, adapter_for
 from qgen.quant.activations import ActFormat
 from qgen.quant.engine import quantize_model
 from qgen.quant.fold import fold_scales
@@ -75,6 +75,44 @@ def test_folding_into_every_foldable_subset_keeps_the_function(family):
         torch.testing.assert_close(model(ids).logits, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inspected_modules_run_on_the_declared_block_arguments(family):
+    """The module AWQ's search inspects, run on its input and the block keyword arguments the adapter declares for it,
+    computes what it computes inside the block; only q·kᵀ's linears go unclipped."""
+    model = _tiny(family)
+    adapter = adapter_for(model.config.model_type)
+    block = adapter.block_list(model)[0]
+    inspected = [s for s in adapter.subsets_for(model) if s.inspect]
+    assert {s.inspect.module for s in inspected} == {"self_attn", "mlp"} - ({"mlp"} if family == "opt" else set())
+    assert {q.rsplit(".", 1)[-1] for s in adapter.subsets for q in s.qk} == {"q_proj", "k_proj"}
+    seen = {}
+
+    def grab_block(module, args, kwargs):
+        seen["block"] = kwargs
+
+    def grab(module, args, kwargs, out, path):
+        seen[path] = (args[0] if args else kwargs["hidden_states"], out[0] if isinstance(out, tuple) else out)
+
+    handles = [block.register_forward_pre_hook(grab_block, with_kwargs=True)]
+    handles += [block.get_submodule(s.inspect.module).register_forward_hook(
+        lambda m, a, k, o, p=s.inspect.module: grab(m, a, k, o, p), with_kwargs=True) for s in inspected]
+    with torch.no_grad():
+        model(calib_ids(300, n=2, seq=16), use_cache=False)
+        for h in handles:
+            h.remove()
+        for s in inspected:
+            x, out = seen[s.inspect.module]
+            kwargs = {k: seen["block"][k] for k in s.inspect.kwargs if k in seen["block"]}
+            mine = block.get_submodule(s.inspect.module)(x, **kwargs)
+            torch.testing.assert_close(mine[0] if isinstance(mine, tuple) else mine, out, rtol=0, atol=0)
+
+
+def test_a_subset_of_several_linears_names_the_module_reading_their_input():
+    with pytest.raises(ValueError, match="declare the module that reads their input"):
+        Subset("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj"))
+    assert Subset("mlp.up_proj", ("mlp.down_proj",)).inspect is None  # one linear: AWQ inspects it
+
+
 def test_grouped_query_attention_makes_v_to_o_unfoldable():
     model = _tiny("qwen2")  # 4 heads, 2 KV heads
     vo = [s for s in adapter_for("qwen2").subsets_for(model) if s.prev_op == "self_attn.v_proj"]
@@ -86,7 +124,7 @@ def test_awq_gptq_and_spqr_run_on_every_family(family):
     model = _tiny(family)
     ids = calib_ids(300, n=4, seq=32)
     rtn = layer_errors(model, quantized(model, [("rtn", {})], bits=4, group_size=32)[0], ids)
-    q, report = quantized(model, [("awq", {"token_stride": 1}), ("gptq", {})], bits=4, group_size=32, ids=ids)
+    q, report = quantized(model, [("awq", {}), ("gptq", {})], bits=4, group_size=32, ids=ids)
     awq_gptq = layer_errors(model, q, ids)
     assert set(report["layers"]) == set(rtn)
     assert sum(awq_gptq.values()) < sum(rtn.values())
@@ -129,6 +167,11 @@ def test_baichuan_declaration_matches_its_module_tree():
             prev = block.get_submodule(subset.prev_op)
             width = prev.out_features if isinstance(prev, nn.Linear) else prev.weight.numel()
             assert width == block.get_submodule(subset.linears[0]).in_features
+    for subset in adapter.subsets_for(model):  # the modules AWQ inspects and the linears it does not clip
+        if subset.inspect:
+            assert block.get_submodule(subset.inspect.module) is not None
+        assert set(subset.qk) <= set(subset.linears)
+    assert [q for s in adapter.subsets for q in s.qk] == ["self_attn.W_pack"]
     fmt = WeightFormat(4, 32)
     report = quantize_model(model, adapter, [build("rtn", fmt, ActFormat(), {})], ActFormat(), None,
                             torch.device("cpu"))

@@ -65,7 +65,7 @@ def test_bf16_passes_leave_fp32_weights_on_their_grid(setup):
         assert not torch.equal(w, w.bfloat16().float())  # values bf16 cannot hold: computed and kept in fp32
 
 
-@pytest.mark.parametrize("method", [("awq", {"token_stride": 1}), ("spqr", {"damp_percent": 0.01})])
+@pytest.mark.parametrize("method", [("awq", {}), ("spqr", {"damp_percent": 0.01})])
 def test_other_methods_run_in_bf16_and_beat_rtn(setup, method):
     model, ids = setup
     rtn = layer_errors(model, quantized(model, [("rtn", {})], 3, 128, ids=ids)[0], ids)

@@ -48,7 +48,7 @@ def test_one_observation_pass_per_block_without_true_sequential(setup):
     assert not torch.equal(block_seq.mlp.down_proj.weight, block_one.mlp.down_proj.weight)
 
 
-@pytest.mark.parametrize("method", [("gptq", {}), ("spqr", {"damp_percent": 0.01}), ("awq", {"token_stride": 1})])
+@pytest.mark.parametrize("method", [("gptq", {}), ("spqr", {"damp_percent": 0.01}), ("awq", {})])
 def test_methods_beat_rtn_without_true_sequential(setup, method):
     model, ids = setup
     rtn = layer_errors(model, quantized(model, [("rtn", {})], ids=ids, **W3G128)[0], ids)

@@ -29,7 +29,7 @@ def _run(model, ids, steps, fuse: bool, monkeypatch, **engine_settings):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("steps", [[("gptq", {})], [("awq", {"token_stride": 1})], [("spqr", {})]])
+@pytest.mark.parametrize("steps", [[("gptq", {})], [("awq", {})], [("spqr", {})]])
 def test_full_precision_feed_observes_in_its_output_pass(setup, monkeypatch, steps, dtype):
     model, ids = setup
     settings = {"feed": "full_precision", "true_sequential": False, "dtype": dtype}

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from qgen.quant.grid import WeightFormat
-from quant_util import CONF, RECOMPUTE_SLACK, layer_errors, quantized, subset_errors
+from quant_util import CONF, RECOMPUTE_SLACK, inspected_errors, layer_errors, quantized
 
 pytestmark = [pytest.mark.asset, pytest.mark.numeric]
 
@@ -29,14 +29,14 @@ def test_smollm2_layerwise_orderings(smollm2):
     model, ids = smollm2
     bits = {"bits": 3, "group_size": 128}  # 576-wide inputs: four groups of 128 and a short one of 64
     err = {name: layer_errors(model, quantized(model, steps, ids=ids, **bits)[0], ids) for name, steps in {
-        "rtn": [("rtn", {})], "gptq": [("gptq", {})], "awq": [("awq", {"token_stride": 1})],
+        "rtn": [("rtn", {})], "gptq": [("gptq", {})], "awq": [("awq", {})],
         "spqr": [("spqr", {"damp_percent": 0.01})]}.items()}
     for path, rtn in err["rtn"].items():
         assert err["gptq"][path] <= rtn, path
         assert err["spqr"][path] <= err["gptq"][path], path
     # AWQ: what its searches guarantee (test_quant_methods explains the slack), then the whole model
-    awq_search = quantized(model, [("awq", {"token_stride": 1, "clip": False})], ids=ids, **bits)[0]
-    for key, (awq, rtn) in subset_errors(model, awq_search, ids, WeightFormat(3, 128)).items():
+    awq_search = quantized(model, [("awq", {"clip": False})], ids=ids, **bits)[0]
+    for key, (awq, rtn) in inspected_errors(model, awq_search, ids, WeightFormat(3, 128)).items():
         assert awq <= (1 + RECOMPUTE_SLACK) * rtn, (key, awq, rtn)
     assert sum(err["awq"].values()) < sum(err["rtn"].values())
     assert sum(err["gptq"].values()) < 0.8 * sum(err["rtn"].values())

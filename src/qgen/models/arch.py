@@ -4,15 +4,29 @@ For each decoder block an adapter lists its *subsets*: linear layers that read t
 whose output that input is (`prev_op`). Scale-migrating methods (AWQ, SmoothQuant) fold per-channel scales into
 `prev_op` — a norm's weight or a linear's output rows — and the inverse into the subset's input columns. The
 engine walks blocks and subsets in the declared order and never names a layer itself.
+
+AWQ also needs to know what a subset's scales are judged by: the module whose output its scale search compares
+(`Subset.inspect`: the attention for q/k/v, the MLP for gate/up, as in llm-awq's `module2inspect`), with the block
+keyword arguments that module needs to run; and which linears' outputs meet in q·kᵀ (`Subset.qk`), which it
+does not clip.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
 from qgen.errors import QgenError
+
+
+@dataclass(frozen=True)
+class Inspect:
+    """A module of the block (path) that reads a subset's input, and the names of the keyword arguments of the
+    block it needs to run (attention mask, position embeddings, ...): they are passed on as the block got them."""
+
+    module: str
+    kwargs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -24,6 +38,14 @@ class Subset:
     # False where prev_op's output is not the linears' input channel for channel (e.g. v_proj -> o_proj under
     # grouped-query attention, where heads repeat): the subset is quantized, but no scales are folded.
     foldable: bool = True
+    # The module whose output AWQ's scale search compares; None: the subset's only linear.
+    inspect: Inspect | None = None
+    # Linears whose outputs meet in q·kᵀ (AWQ does not clip them: their error is not an output error of their own).
+    qk: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.inspect is None and len(self.linears) > 1:
+            raise ValueError(f"subset {self.linears} has several linears: declare the module that reads their input")
 
     @property
     def name(self) -> str:
@@ -48,7 +70,7 @@ class ArchAdapter:
         out = []
         for s in self.subsets:
             if gqa and s.prev_op is not None and s.prev_op.endswith("v_proj"):
-                s = Subset(s.prev_op, s.linears, foldable=False)
+                s = replace(s, foldable=False)
             out.append(s)
         return tuple(out)
 
@@ -57,14 +79,17 @@ class ArchAdapter:
 
 
 def _llama_like(name: str, model_types: tuple[str, ...]) -> ArchAdapter:
+    # the attention reads rotary tables (position_embeddings), the mask and position_ids as the block gets them
+    attention = Inspect("self_attn", ("attention_mask", "position_ids", "position_embeddings"))
     return ArchAdapter(
         name=name,
         model_types=model_types,
         blocks="model.layers",
         subsets=(
-            Subset("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            Subset("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), inspect=attention,
+                   qk=("self_attn.q_proj", "self_attn.k_proj")),
             Subset("self_attn.v_proj", ("self_attn.o_proj",)),
-            Subset("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+            Subset("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), inspect=Inspect("mlp")),
             Subset("mlp.up_proj", ("mlp.down_proj",)),
         ),
     )
@@ -78,9 +103,11 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         model_types=("baichuan",),
         blocks="model.layers",
         subsets=(
-            Subset("input_layernorm", ("self_attn.W_pack",)),
+            # Baichuan2-7B's attention takes position_ids (rotary inside it); 13B's ALiBi comes in the mask
+            Subset("input_layernorm", ("self_attn.W_pack",),
+                   inspect=Inspect("self_attn", ("attention_mask", "position_ids")), qk=("self_attn.W_pack",)),
             Subset(None, ("self_attn.o_proj",)),
-            Subset("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+            Subset("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), inspect=Inspect("mlp")),
             Subset("mlp.up_proj", ("mlp.down_proj",)),
         ),
     ),
@@ -89,7 +116,9 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         model_types=("opt",),
         blocks="model.decoder.layers",
         subsets=(
-            Subset("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            Subset("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                   inspect=Inspect("self_attn", ("attention_mask", "position_ids")),
+                   qk=("self_attn.q_proj", "self_attn.k_proj")),
             Subset("self_attn.v_proj", ("self_attn.out_proj",)),
             Subset("final_layer_norm", ("fc1",)),
             Subset("fc1", ("fc2",)),

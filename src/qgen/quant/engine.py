@@ -21,7 +21,7 @@ The block forward passes run in the compute dtype (`EngineSettings.dtype`; `auto
 with AMX-BF16 or AVX512-BF16, else float32): the activations kept between blocks are in that dtype, and during a
 pass the block's floating parameters are swapped for copies in it. Everything else stays float32: the stored
 weights (the methods read and write the original tensors, so grids are fitted on fp32 weights), the observed
-inputs (cast by the hook), Hessians, solvers and search losses.
+inputs and the block keyword arguments handed with them (cast by the hook), Hessians, solvers and search losses.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from qgen.hardware import cpu_bf16_flags
 from qgen.models.arch import ArchAdapter
 from qgen.quant import activations
 from qgen.quant.activations import ActFormat
+from qgen.quant.cast import params_in, to_dtype
 from qgen.quant.methods import QuantMethod, SubsetContext
 
 log = logging.getLogger(__name__)
@@ -125,15 +125,6 @@ def _same_or(value, previous):
     return value
 
 
-def _to_dtype(value, dtype: torch.dtype | None):
-    """Floating tensors (also inside tuples, e.g. rotary tables) in dtype; masks' lowest values kept finite."""
-    if dtype is not None and isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype:
-        return value.clamp(min=torch.finfo(dtype).min).to(dtype)
-    if isinstance(value, tuple):
-        return tuple(_to_dtype(v, dtype) for v in value)
-    return value
-
-
 def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, input_ids: torch.Tensor, batch_size: int,
                          device: torch.device, dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, dict]]:
     """Run the model up to block 0 for every calibration batch; returns [(hidden_states, block kwargs)], their
@@ -143,11 +134,11 @@ def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, input_ids: torc
 
     def grab(module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: _to_dtype(v, dtype) for k, v in kwargs.items()
+        kwargs = {k: to_dtype(v, dtype) for k, v in kwargs.items()
                   if k not in ("past_key_values", "past_key_value", "use_cache")}
         if captured:  # equal-length batches get equal position tables and masks: keep one copy, not one per batch
             kwargs = {k: _same_or(v, captured[-1][1].get(k)) for k, v in kwargs.items()}
-        captured.append((_to_dtype(hidden.detach(), dtype), kwargs))
+        captured.append((to_dtype(hidden.detach(), dtype), kwargs))
         raise _StopForward
 
     # Everything outside the blocks (embeddings, rotary tables, final norm, head) is small: put it on the device.
@@ -165,21 +156,6 @@ def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, input_ids: torc
     finally:
         handle.remove()
     return captured
-
-
-@contextmanager
-def _params_in(block: nn.Module, dtype: torch.dtype):
-    """Inside: the block's floating parameters are copies in dtype (for its forward passes). On exit the original
-    tensors are put back, so the methods read and write the full-precision weights; the copies are made anew at
-    every entry, so they follow what the methods changed (quantized weights, folded scales)."""
-    saved = [(p, p.data) for p in block.parameters() if p.is_floating_point() and p.dtype != dtype]
-    try:
-        for p, data in saved:
-            p.data = data.to(dtype)
-        yield
-    finally:
-        for p, data in saved:
-            p.data = data
 
 
 def _run_block(block: nn.Module, batches: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
@@ -201,10 +177,12 @@ def _observe(block: nn.Module, observers: list[tuple[nn.Linear, QuantMethod, Sub
     for linear, method, ctx in observers:
         by_linear.setdefault(linear, []).append((method, ctx))
 
+    block_kwargs = {}  # the current batch's keyword arguments, handed to the observers with its input
+
     def hook(module, args):
-        x = args[0].reshape(-1, args[0].shape[-1]).float()
+        x = args[0].float()
         for method, ctx in by_linear[module]:
-            method.observe(ctx, x)
+            method.observe_batch(ctx, x, block_kwargs)
         if module is last:
             raise _StopForward
 
@@ -212,6 +190,7 @@ def _observe(block: nn.Module, observers: list[tuple[nn.Linear, QuantMethod, Sub
     kept = []
     try:
         for hidden, kwargs in batches:
+            block_kwargs = {k: to_dtype(v, torch.float32) for k, v in kwargs.items()}
             try:
                 out = block(hidden, **kwargs)
             except _StopForward:
@@ -280,7 +259,7 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
         block.to(device)
         fp_outputs = None
         if needs_data and settings.feed == "full_precision" and not fuse:
-            with _params_in(block, dtype):
+            with params_in(block, dtype):
                 fp_outputs = _run_block(block, batches)
             report["engine"]["passes"] += 1
         steps = []  # (method, context) in the order they are applied
@@ -297,14 +276,14 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
                 if method.needs_calibration:
                     method.start(ctx)
                     observers.append((next(iter(ctx.linears.values())), method, ctx))
-            with _params_in(block, dtype):
+            with params_in(block, dtype):
                 outputs = _observe(block, observers, batches, outputs=fuse)
             report["engine"]["passes"] += 1
             fp_outputs = outputs if fuse else fp_outputs
         for method, ctx in steps:
             if method.needs_calibration and settings.true_sequential:
                 method.start(ctx)
-                with _params_in(block, dtype):
+                with params_in(block, dtype):
                     _observe(block, [(next(iter(ctx.linears.values())), method, ctx)], batches)
                 report["engine"]["passes"] += 1
             layer_reports = method.apply(ctx) or {}
@@ -315,7 +294,7 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
         if needs_data and fp_outputs is not None:
             batches = [(out, kw) for out, (_, kw) in zip(fp_outputs, batches)]
         elif needs_data:  # batch by batch, in place: one block's activations alive at a time, never two copies
-            with _params_in(block, dtype):
+            with params_in(block, dtype):
                 for j, (hidden, kwargs) in enumerate(batches):
                     batches[j] = (_block_output(block(hidden, **kwargs)), kwargs)
             report["engine"]["passes"] += 1

@@ -1,35 +1,55 @@
 """AWQ (Lin et al., 2024): protect the weights that meet large activations by scaling them up before rounding.
 
-Per subset, from the calibration inputs X: the mean magnitude of each input channel, x̄. For α on a grid of
-`n_grid` points in [0, 1): s = x̄^α, normalised by sqrt(max s · min s); the subset's weights are quantized as
-Q(W·diag(s))·diag(s)⁻¹ and the α whose outputs X·Ŵᵀ are closest (MSE) to X·Wᵀ wins. Its scales are folded into the
-op producing X (norm weight, or a linear's output rows; see qgen.quant.fold) — only where the adapter marks the
-subset foldable. Then, per linear, a clipping search: per output row and group, the largest |w| is shrunk over
-(1 - i/n_grid) for i < max_shrink·n_grid and the value with the smallest output error on `clip_tokens` tokens is
-kept (skipped for the layers named in `clip_skip`, whose outputs meet in q·kᵀ). As the last method, AWQ puts the
-weights on the round-to-nearest grid; before GPTQ (awq+gptq) it only scales and clips.
+Per subset, from the calibration inputs X: the mean magnitude of each input channel, x̄, over every calibration
+token. For α on a grid of `n_grid` points in [0, 1): s = x̄^α, normalised by sqrt(max s · min s); the subset's
+weights are replaced by Q(W·diag(s))·diag(s)⁻¹ and the module that reads X — the one the adapter names
+(`Subset.inspect`: the attention for q/k/v, the MLP for gate/up; o_proj and down_proj: the linear itself) — is
+run on the kept calibration sequences with the block's keyword arguments it needs (attention mask, position
+embeddings). The α whose module output is closest (mean squared error) to the module's output with the original
+weights wins, as in llm-awq's auto_scale (`module2inspect`). Its scales are folded into the op producing X (norm
+weight, or a linear's output rows; see qgen.quant.fold) — only where the adapter marks the subset foldable. Then,
+per linear, a clipping search: per output row and group, the largest |w| is shrunk over (1 - i/n_grid) for
+i < max_shrink·n_grid and the value with the smallest output error on `clip_tokens` tokens is kept — except for
+the linears the adapter declares in `Subset.qk`, whose outputs meet in q·kᵀ. As the last method, AWQ puts the
+weights on the grid (round to nearest); before GPTQ (awq+gptq) it only scales and clips.
+
+What it keeps: the attention mixes tokens, so the search runs on whole sequences: the subset's input in the first
+calibration batches holding `search_samples` sequences (whole batches: up to batch_size − 1 more), with the block
+keyword arguments the inspected module needs. In float32 that is search_samples × seq_len × width × 4 bytes: 19 MB
+for SmolLM2's 576-wide inputs at 16 × 512, 50 MB for down_proj's 1536-wide ones; the search adds the module's
+reference output on them (19 MB) and one batch's forward temporaries.
+
+Where it departs from llm-awq:
+- llm-awq searches on every calibration sequence (128 × 512 in its entry point); here on `search_samples` of them
+  (the memory above). Its clipping search takes 512 tokens strided over all calibration tokens; here `clip_tokens`
+  spread evenly over the kept ones.
+- llm-awq gathers a block's inputs once, from the full-precision model, and quantizes after every search; here the
+  engine decides (`engine.feed`, `engine.true_sequential`): by default each block sees the quantized blocks
+  before it, and each subset its input as changed by the subsets quantized before it.
+- llm-awq runs the search in the model's dtype (fp16); here the inspected module runs in float32 (its parameters as
+  float32 copies during the search), whatever the model's and the engine's dtypes.
+- llm-awq skips clipping by name (any layer whose name holds "q_", "k_", "query", "key", "Wqkv"); here the adapter
+  declares the linears.
 """
 
 from __future__ import annotations
 
 import torch
 
+from qgen.quant.cast import params_in
 from qgen.quant.fold import fold_scales
 from qgen.quant.grid import attach_grid, fake_quantize, fit_grid, quantize_weight
 from qgen.quant.methods.base import QuantMethod, SubsetContext, register
-from qgen.spec import Bool, Float, Int, ListOf, Str
+from qgen.spec import Bool, Float, Int
 
 
 def _rtn(w: torch.Tensor, fmt) -> torch.Tensor:
     return quantize_weight(w, fmt)[0]
 
 
-def _output_mse(chunks: list[torch.Tensor], w_error: torch.Tensor) -> float:
-    """mean((X·Ŵᵀ − X·Wᵀ)²) computed as X·(Ŵ − W)ᵀ one chunk of tokens at a time: neither X (kept as the per-batch
-    chunks it was observed in) nor a full-size output is ever materialised (at 128 × 512 calibration tokens,
-    down_proj's search tokens are 25 MB and gate/up's outputs on them 50 MB each)."""
-    total = sum(float((x @ w_error.t()).square().sum()) for x in chunks)
-    return total / (sum(x.shape[0] for x in chunks) * w_error.shape[0])
+def _run(module: torch.nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    out = module(x, **kwargs)
+    return out[0] if isinstance(out, tuple) else out  # attention modules also return their weights
 
 
 def _take_rows(chunks: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
@@ -45,7 +65,8 @@ class AWQ(QuantMethod):
     name = "awq"
     needs_calibration = True
 
-    # it keeps every token_stride-th token (25 MB at 128x512): batches of 2 keep the peak under 1.5x the model
+    # it keeps search_samples whole sequences of each subset's input (50 MB for SmolLM2's down_proj at 16 x 512):
+    # batches of 2 keep the peak under 1.5x the model
     engine_defaults = {"batch_size": 2}
     settings = {
         "n_grid": Int(1, default=20, doc="α in {0, 1/n_grid, …} for s = mean|x|^α, and the clipping grid"),
@@ -53,56 +74,77 @@ class AWQ(QuantMethod):
                             doc="clipping tries max|w| · (1 - i/n_grid) for i < max_shrink · n_grid"),
         "clip": Bool(default=True, doc="run the clipping search"),
         "clip_tokens": Int(1, default=512, doc="tokens used by the clipping search"),
-        "clip_skip": ListOf(item=Str(), default=["q_proj", "k_proj", "W_pack"],
-                            doc="layers not clipped (their outputs meet in q·kᵀ)"),
-        "token_stride": Int(1, default=16, doc="keep every n-th calibration token for the searches"),
+        "search_samples": Int(1, default=16, doc="calibration sequences kept whole for the searches (the first "
+                                                 "batches holding that many)"),
     }
 
     def start(self, ctx: SubsetContext) -> None:
-        self.abs_sum, self.count, self.kept = None, 0, []
+        self.abs_sum, self.count, self.kept, self.kept_samples = None, 0, [], 0
 
-    def observe(self, ctx: SubsetContext, x: torch.Tensor) -> None:
-        s = x.abs().sum(0)
+    def observe_batch(self, ctx: SubsetContext, x: torch.Tensor, block_kwargs: dict) -> None:
+        tokens = x.reshape(-1, x.shape[-1])
+        s = tokens.abs().sum(0)
         self.abs_sum = s if self.abs_sum is None else self.abs_sum + s
-        self.count += x.shape[0]
-        self.kept.append(x[:: self.token_stride].clone())  # every token_stride-th token for the searches
+        self.count += tokens.shape[0]
+        if self.kept_samples < self.search_samples:  # whole sequences, with what the inspected module needs
+            needs = ctx.subset.inspect.kwargs if ctx.subset.inspect else ()
+            self.kept.append((x.clone(), {k: block_kwargs[k] for k in needs if k in block_kwargs}))
+            self.kept_samples += x.shape[0]
 
     def apply(self, ctx: SubsetContext) -> dict[str, dict]:
-        x, self.kept = self.kept, []  # the search tokens, per batch: never concatenated (one copy alive)
-        n_tokens = sum(chunk.shape[0] for chunk in x)
+        kept, self.kept = self.kept, []  # [(input [batch, seq, width], kwargs)]: our own copies
         linears = list(ctx.linears.values())
-        w = torch.cat([lin.weight.data.to(ctx.device).float() for lin in linears])
+        inspected = ctx.subset.inspect.module if ctx.subset.inspect else ctx.subset.linears[0]
         ratio, loss = None, None
         if ctx.subset.foldable and ctx.prev_op is not None:
-            ratio, s, loss = self.search_scale(x, w, self.abs_sum / self.count)
+            module = ctx.block.get_submodule(inspected)
+            ratio, s, loss = self.search_scale(module, linears, kept, self.abs_sum / self.count)
             fold_scales(ctx.prev_op, linears, s)
-            for chunk in x:  # the inputs the scaled weights now see; our own copies, so in place
-                chunk.div_(s)
+            for x, _ in kept:  # the inputs the scaled weights now see
+                x.div_(s)
+        tokens = [x.reshape(-1, x.shape[-1]) for x, _ in kept]
+        n_tokens = sum(t.shape[0] for t in tokens)
         # the clipping search's tokens, evenly spread over the kept ones: the same for every linear of the subset
         clip_index = torch.linspace(0, n_tokens - 1, min(self.clip_tokens, n_tokens)).long()
-        clip_x = _take_rows(x, clip_index) if self.clip else None
+        clip_x = _take_rows(tokens, clip_index) if self.clip else None
         report = {}
-        for (path, linear) in ctx.linears.items():
+        for name, (path, linear) in zip(ctx.subset.linears, ctx.linears.items()):
             shrink = None
-            if self.clip and path.rsplit(".", 1)[-1] not in self.clip_skip:
+            if self.clip and name not in ctx.subset.qk:
                 shrink = self.clip_weight(linear, clip_x)
             if ctx.final:
                 w_hat, params = quantize_weight(linear.weight.data.to(ctx.device), self.weight)
                 linear.weight.data.copy_(w_hat.to(linear.weight.dtype))
                 attach_grid(linear, params)
-            report[path] = {"scaled": ratio is not None, "ratio": ratio, "search_loss": loss,
+            report[path] = {"scaled": ratio is not None, "ratio": ratio, "search_loss": loss, "inspected": inspected,
                             "clip_mean_shrink": shrink, "search_tokens": n_tokens}
         return report
 
-    def search_scale(self, x: list[torch.Tensor], w: torch.Tensor, x_mean: torch.Tensor):
+    @torch.no_grad()
+    def search_scale(self, module: torch.nn.Module, linears: list[torch.nn.Linear],
+                     kept: list[tuple[torch.Tensor, dict]], x_mean: torch.Tensor):
+        """The α of least mean squared error of `module`'s output over the kept (input, kwargs) batches when
+        `linears` (which read the module's input) are Q(W·diag(s))·diag(s)⁻¹ with s = x_mean^α, normalised; returns
+        (α, s, that error). The linears' weights are as they were on return."""
         best = (float("inf"), None, None)
-        for i in range(self.n_grid):
-            ratio = i / self.n_grid
-            s = x_mean.pow(ratio).clamp(min=1e-4)
-            s = s / (s.max() * s.min()).sqrt()
-            loss = _output_mse(x, _rtn(w * s, self.weight) / s - w)
-            if loss < best[0]:
-                best = (loss, ratio, s)
+        with params_in(module, torch.float32):
+            weights = [lin.weight.data for lin in linears]
+            reference = [_run(module, x, kwargs) for x, kwargs in kept]
+            n = sum(ref.numel() for ref in reference)
+            try:
+                for i in range(self.n_grid):
+                    ratio = i / self.n_grid
+                    s = x_mean.pow(ratio).clamp(min=1e-4)
+                    s = s / (s.max() * s.min()).sqrt()
+                    for lin, w in zip(linears, weights):
+                        lin.weight.data = _rtn(w * s, self.weight) / s
+                    loss = sum(float((_run(module, x, kwargs) - ref).square().sum())
+                               for (x, kwargs), ref in zip(kept, reference)) / n
+                    if loss < best[0]:
+                        best = (loss, ratio, s)
+            finally:
+                for lin, w in zip(linears, weights):
+                    lin.weight.data = w
         return best[1], best[2], best[0]
 
     def clip_weight(self, linear, xs: torch.Tensor) -> float:

@@ -2,8 +2,10 @@
 
 The engine hands a method one subset at a time — linears that share an input, plus the op producing that input
 (see qgen.models.arch). A method that needs calibration data gets `start`, then `observe` once per calibration
-batch with the subset's input activations, then `apply`; a data-free method gets only `apply`. `apply` changes
-weights in place (and may fold scales into `ctx.prev_op`) and returns a small report per linear.
+batch with the subset's input activations (or `observe_batch`, with the batch's sequences and the keyword arguments
+the block got, for a method that runs a module of the block itself: AWQ), then `apply`; a data-free method gets
+only `apply`. `apply` changes weights in place (and may fold scales into `ctx.prev_op`) and returns a small report
+per linear.
 
 In a combination such as awq+gptq, every method but the last only transforms (scales, clips); `ctx.final` tells
 a method whether it must also put the weights on the grid.
@@ -74,6 +76,12 @@ class QuantMethod:
 
     def start(self, ctx: SubsetContext) -> None:
         """Reset the statistics for a new subset (methods that need calibration)."""
+
+    def observe_batch(self, ctx: SubsetContext, x: torch.Tensor, block_kwargs: dict) -> None:
+        """One calibration batch as the block saw it: the subset's input, [batch, seq, in_features] float32 on
+        ctx.device, and the keyword arguments the block was called with (attention mask, position embeddings, ...;
+        floating tensors in float32). What the engine calls; by default the tokens go to `observe`."""
+        self.observe(ctx, x.reshape(-1, x.shape[-1]))
 
     def observe(self, ctx: SubsetContext, x: torch.Tensor) -> None:
         """One calibration batch of the subset's input, [tokens, in_features] float32 on ctx.device."""
