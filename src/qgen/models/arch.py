@@ -35,9 +35,13 @@ class Subset:
 
     prev_op: str | None
     linears: tuple[str, ...]
-    # False where prev_op's output is not the linears' input channel for channel (e.g. v_proj -> o_proj under
-    # grouped-query attention, where heads repeat): the subset is quantized, but no scales are folded.
+    # False where prev_op's output is not the linears' input channel for channel: the subset is quantized, but no
+    # scales are folded.
     foldable: bool = True
+    # prev_op's output reaches the linears through the attention's key/value heads (v_proj -> o_proj): under
+    # grouped-query attention each KV head is repeated for several query heads, so channels no longer line up and
+    # the subset is not foldable on such a model.
+    through_kv_heads: bool = False
     # The module whose output AWQ's scale search compares; None: the subset's only linear.
     inspect: Inspect | None = None
     # Linears whose outputs meet in q·kᵀ (AWQ does not clip them: their error is not an output error of their own).
@@ -69,7 +73,7 @@ class ArchAdapter:
         gqa = heads is not None and kv_heads is not None and kv_heads != heads
         out = []
         for s in self.subsets:
-            if gqa and s.prev_op is not None and s.prev_op.endswith("v_proj"):
+            if gqa and s.through_kv_heads:
                 s = replace(s, foldable=False)
             out.append(s)
         return tuple(out)
@@ -88,7 +92,7 @@ def _llama_like(name: str, model_types: tuple[str, ...]) -> ArchAdapter:
         subsets=(
             Subset("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), inspect=attention,
                    qk=("self_attn.q_proj", "self_attn.k_proj")),
-            Subset("self_attn.v_proj", ("self_attn.o_proj",)),
+            Subset("self_attn.v_proj", ("self_attn.o_proj",), through_kv_heads=True),
             Subset("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), inspect=Inspect("mlp")),
             Subset("mlp.up_proj", ("mlp.down_proj",)),
         ),
@@ -119,7 +123,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
             Subset("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                    inspect=Inspect("self_attn", ("attention_mask", "position_ids")),
                    qk=("self_attn.q_proj", "self_attn.k_proj")),
-            Subset("self_attn.v_proj", ("self_attn.out_proj",)),
+            Subset("self_attn.v_proj", ("self_attn.out_proj",), through_kv_heads=True),
             Subset("final_layer_norm", ("fc1",)),
             Subset("fc1", ("fc2",)),
         ),
