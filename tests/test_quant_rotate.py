@@ -169,7 +169,8 @@ def _errors_on_seen_inputs(fp_model, q_model, ids) -> dict[str, float]:
 
 def test_rotate_gptq_beats_rotate_rtn_on_every_layer_in_the_rotated_coordinates():
     """GPTQ observes each subset's inputs as the layer computes with them: down_proj's after the online rotation
-    (were they observed before it, its Hessian would be of the wrong coordinates and it would lose to RTN)."""
+    (observed before it, its Hessian would be in other coordinates than its weights). Measured: at most 0.64 of
+    RTN's error on any layer, 0.48 summed, on the native and AVX2 float paths."""
     model = tiny_llama(seed=0)
     ids = calib_ids(model.config.vocab_size, n=16, seq=64)
     rotated_fp, _ = _rotated(model)
@@ -260,10 +261,11 @@ def test_export_is_refused_with_the_reason():
 # -- SmolLM2 -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.asset
-def test_smollm2_rotated_keeps_fp_perplexity_and_rescues_4_bit_activations(needs_assets):
+def test_smollm2_rotated_keeps_fp_perplexity_and_w4a4_rotate_rtn_beats_rtn(needs_assets):
     """On the real model (hidden 576 = 8 x Paley 72, intermediate 1536 = 128 x Paley 12, 9 heads over 3 KV heads):
-    the rotated FP model scores the FP perplexity; with 4-bit per-token activations (8-bit weights, per channel)
-    RTN collapses on SmolLM2's activation outliers while the rotation spreads them over every channel."""
+    the rotated FP model scores the FP perplexity; at W4A4 (g128 weights, per-token activations, QuaRot's
+    setting) RTN collapses on SmolLM2's activation outliers (ppl in the thousands) while the rotation spreads them
+    over every channel. (With 16-bit activations rotate+rtn loses to RTN on this model: RESULTS-quantizers.md §6.)"""
     from qgen.data import registry
     from qgen.evaluate.perplexity import perplexity
     from qgen.models.load import load_model
@@ -278,7 +280,7 @@ def test_smollm2_rotated_keeps_fp_perplexity_and_rescues_4_bit_activations(needs
     rotated, _ = _rotated(model)
     assert ppl(rotated) == pytest.approx(fp, rel=1e-4)
     del rotated
-    act = ActFormat(4, "per_token")
-    rtn = ppl(quantized(model, [("rtn", {})], bits=8, act=act)[0])
-    rot = ppl(quantized(model, [("rotate", {}), ("rtn", {})], bits=8, act=act)[0])
-    assert rot < 2 * fp < rtn / 10, (fp, rot, rtn)
+    w4a4 = {"bits": 4, "group_size": 128, "act": ActFormat(4, "per_token")}
+    rtn = ppl(quantized(model, [("rtn", {})], **w4a4)[0])
+    rot = ppl(quantized(model, [("rotate", {}), ("rtn", {})], **w4a4)[0])
+    assert fp < rot < rtn / 10, (fp, rot, rtn)

@@ -1,6 +1,7 @@
 """The sequential engine: the only place that walks a model's decoder blocks.
 
-Data-free methods (RTN) visit each subset once. With calibration data:
+A method that transforms the whole model (rotate) does so first, once, before any input is captured or block
+walked. Data-free methods (RTN) visit each subset once. With calibration data:
   1. run the model up to block 0 and keep block 0's inputs (hidden states and the keyword arguments the model
      passes its blocks: attention mask, position embeddings, ...);
   2. per block: move it to the device; per subset, per method: `start`, run the calibration batches through the

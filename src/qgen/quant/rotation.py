@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 MAX_PALEY = 256  # largest Paley core built (its c × c matrix is applied densely)
+CHUNK = 1 << 22  # values per chunk of rows in Rotation.apply (32 MB in float64)
 _ONLINE_ATTR = "_qgen_online_rotation"
 
 
@@ -40,15 +41,25 @@ class Rotation:
         return self.signs.numel()
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """x · R along the last dimension, in x's dtype and on x's device."""
+        """x · R along the last dimension, in x's dtype and on x's device; rows in chunks of CHUNK values, so that
+        the transform's temporaries stay small whatever x is (a vocabulary-sized embedding)."""
         key = (x.device, x.dtype)
         if key not in self._cache:
             self._cache[key] = (self.signs.to(x.device, x.dtype), self.core.to(x.device, x.dtype))
         signs, core = self._cache[key]
-        shape = x.shape
-        y = (x * signs).reshape(-1, self.pow2, core.shape[0]).transpose(1, 2)  # [rows, c, p]
+        rows = x.reshape(-1, self.n)
+        step = max(1, CHUNK // self.n)
+        if rows.shape[0] <= step:
+            return self._rows(rows, signs, core).reshape(x.shape)
+        out = torch.empty_like(rows)
+        for start in range(0, rows.shape[0], step):
+            out[start : start + step] = self._rows(rows[start : start + step], signs, core)
+        return out.reshape(x.shape)
+
+    def _rows(self, rows: torch.Tensor, signs: torch.Tensor, core: torch.Tensor) -> torch.Tensor:
+        y = (rows * signs).reshape(-1, self.pow2, core.shape[0]).transpose(1, 2)  # [rows, c, p]
         y = _fwht(y) / math.sqrt(self.pow2)
-        return (y.transpose(1, 2) @ core).reshape(shape)
+        return (y.transpose(1, 2) @ core).reshape(rows.shape)
 
     def matrix(self) -> torch.Tensor:
         """R itself, n × n float64 (for tests)."""

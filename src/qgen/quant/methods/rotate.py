@@ -28,7 +28,7 @@ from qgen.models.arch import ADAPTERS
 from qgen.models.load import untie
 from qgen.quant.fold import is_norm
 from qgen.quant.methods.base import QuantMethod, SubsetContext, register
-from qgen.quant.rotation import attach_online, random_hadamard
+from qgen.quant.rotation import CHUNK, attach_online, random_hadamard
 from qgen.spec import Int
 
 
@@ -62,14 +62,17 @@ class Rotate(QuantMethod):
         untied = untie(model, [f"{layout.embedding}.weight", f"{layout.head}.weight"])
         work = torch.float64 if torch.device(device).type in ("cpu", "cuda") else torch.float32
 
-        def edit(param, fn):
-            param.data.copy_(fn(param.data.to(device, work)).to(param.device, param.dtype))
+        def edit(param, fn, outputs: bool = False):
+            """param's rows ← fn(rows) in the work dtype, a chunk of rows at a time (fn acts on each row alone);
+            outputs: the rows of paramᵀ, i.e. a linear's output side (W ← (fn(Wᵀ))ᵀ)."""
+            data = param.data.t() if outputs else param.data.reshape(-1, param.shape[-1])
+            step = max(1, CHUNK // data.shape[1])
+            for start in range(0, data.shape[0], step):
+                rows = data[start : start + step]
+                rows.copy_(fn(rows.to(device, work)).to(rows.device, rows.dtype))
 
         def per_head(fn):  # fn on each head's slice of the last dimension
             return lambda w: fn(w.reshape(*w.shape[:-1], -1, head_dim)).reshape(w.shape)
-
-        def output_side(fn):  # W -> (fn(Wᵀ))ᵀ: rotates the output rows
-            return lambda w: fn(w.t()).t()
 
         edit(embedding.weight, q.apply)
         for block in blocks:
@@ -83,11 +86,11 @@ class Rotate(QuantMethod):
                 norm.weight.data.fill_(1.0)
             for path in layout.writers:
                 writer = block.get_submodule(path)
-                edit(writer.weight, output_side(q.apply))
+                edit(writer.weight, q.apply, outputs=True)
                 if writer.bias is not None:
                     edit(writer.bias, q.apply)
             value, attn_out = block.get_submodule(layout.value), block.get_submodule(layout.attn_out)
-            edit(value.weight, output_side(per_head(r_head.apply)))
+            edit(value.weight, per_head(r_head.apply), outputs=True)
             if value.bias is not None:
                 edit(value.bias, per_head(r_head.apply))
             edit(attn_out.weight, per_head(r_head.apply))
