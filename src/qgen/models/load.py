@@ -35,3 +35,28 @@ def load_model(cfg, seed: int):
     from qgen.models.source import model_source
 
     return model_source(cfg).load(seed, resolve_dtype(cfg.dtype))
+
+
+def untie(model, names: list[str]) -> list[str]:
+    """Give each named parameter a tensor of its own where the model shares one among them (tied input and output
+    embeddings), and set the config so that transformers does not tie them again; returns the names given a copy."""
+    from torch import nn
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    seen, copied = set(), []
+    for name in names:
+        param = params[name]
+        if id(param) in seen:
+            owner, attr = name.rsplit(".", 1)
+            setattr(model.get_submodule(owner), attr, nn.Parameter(param.detach().clone(),
+                                                                   requires_grad=param.requires_grad))
+            copied.append(name)
+        seen.add(id(param))
+    if copied:  # lm-eval calls model.tie_weights(), which ties what the config (or this mapping) says
+        model.config.tie_word_embeddings = False
+        mapping = getattr(model, "all_tied_weights_keys", None)
+        if isinstance(mapping, dict):
+            for target, source in list(mapping.items()):
+                if target in names or source in names:
+                    del mapping[target]
+    return copied

@@ -1,6 +1,7 @@
 """The sequential engine: the only place that walks a model's decoder blocks.
 
-Data-free methods (RTN) visit each subset once. With calibration data:
+A method that transforms the whole model (rotate) does so first, once, before any input is captured or block
+walked. Data-free methods (RTN) visit each subset once. With calibration data:
   1. run the model up to block 0 and keep block 0's inputs (hidden states and the keyword arguments the model
      passes its blocks: attention mask, position embeddings, ...);
   2. per block: move it to the device; per subset, per method: `start`, run the calibration batches through the
@@ -29,7 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +44,8 @@ from qgen.quant import activations
 from qgen.quant.activations import ActFormat
 from qgen.quant.cast import params_in, to_dtype
 from qgen.quant.methods import QuantMethod, SubsetContext
+from qgen.quant.methods.base import block_methods, check_order
+from qgen.quant.rotation import online_rotation_of
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +81,9 @@ class EngineSettings:
         sizes = [m.engine_defaults["batch_size"] for m in methods if "batch_size" in m.engine_defaults]
         if values["batch_size"] is None and sizes:
             values["batch_size"] = min(sizes)
-        if values["true_sequential"] is None and len(methods) == 1:
-            values["true_sequential"] = methods[0].engine_defaults.get("true_sequential")
+        walking = block_methods(methods)  # a whole-model transform (rotate) has no preference of its own
+        if values["true_sequential"] is None and len(walking) == 1:
+            values["true_sequential"] = walking[0].engine_defaults.get("true_sequential")
         return cls(**{k: v for k, v in values.items() if v is not None})
 
 
@@ -101,7 +105,7 @@ def compute_dtype(name: str, device: torch.device, cpuinfo: str | Path = "/proc/
 
 def check_combination(true_sequential: bool, n_methods: int) -> None:
     """One observation pass per block (true_sequential off) serves a single method only (the schema checks the
-    config with this too, before anything loads)."""
+    config with this too, before anything loads). n_methods: those that walk the blocks (not rotate)."""
     if not true_sequential and n_methods > 1:
         raise QgenError(TRUE_SEQUENTIAL_COMBINATION)
 
@@ -231,6 +235,13 @@ def limit_heap_growth(threshold: int = 1 << 20) -> bool:
         return False
 
 
+def _unrotated_folds(subsets, block: nn.Module) -> tuple:
+    """The subsets, marked unfoldable where a linear's input is rotated at run time (rotate's online Hadamard at
+    down_proj): a scale folded into prev_op would meet the input before the rotation, the weights after it."""
+    return tuple(replace(s, foldable=False) if any(online_rotation_of(block.get_submodule(p)) for p in s.linears)
+                 else s for s in subsets)
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMethod], act: ActFormat,
                    input_ids: torch.Tensor | None, device: torch.device,
@@ -239,18 +250,23 @@ def quantize_model(model: nn.Module, adapter: ArchAdapter, methods: list[QuantMe
     "engine": {"dtype": the compute dtype of the block passes, ...}}."""
     dtype = compute_dtype(settings.dtype, device)
     needs_data = any(m.needs_calibration for m in methods)
-    check_combination(settings.true_sequential, len(methods))
+    check_order(methods)
+    check_combination(settings.true_sequential, len(block_methods(methods)))
     limit_heap_growth()
     if needs_data and input_ids is None:
         raise QgenError("this quantizer needs calibration data, but no calibration set was built")
+    # whole-model transforms first (rotate): the calibration inputs are captured from the transformed model
+    transforms = {m.name: m.transform_model(model, adapter, device) for m in methods if m.transforms_model}
     blocks = adapter.block_list(model)
-    subsets = adapter.subsets_for(model)
+    subsets = _unrotated_folds(adapter.subsets_for(model), blocks[0])
     model_device = next(model.parameters()).device
     batches = capture_block_inputs(model, adapter, input_ids, settings.batch_size, device, dtype) if needs_data \
         else None
     report: dict = {"layers": {}, "blocks": [],
                     "engine": {"dtype": str(dtype).removeprefix("torch."), "dtype_setting": settings.dtype,
                                "passes": 0}}  # passes over the calibration batches, partial ones included
+    if transforms:
+        report["transforms"] = transforms
     fuse = needs_data and settings.feed == "full_precision" and not settings.true_sequential \
         and FUSE_FULL_PRECISION_PASS
     prefix = adapter.blocks

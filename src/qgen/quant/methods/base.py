@@ -8,7 +8,9 @@ only `apply`. `apply` changes weights in place (and may fold scales into `ctx.pr
 per linear.
 
 In a combination such as awq+gptq, every method but the last only transforms (scales, clips); `ctx.final` tells
-a method whether it must also put the weights on the grid.
+a method whether it must also put the weights on the grid. A method that `transforms_model` (a rotation) works on
+the whole model once, in `transform_model`, before the engine walks any block; it quantizes nothing, so it is
+listed first and followed by a method that does (rotate+rtn, rotate+gptq).
 
 A method declares its settings once, in `settings` (qgen.spec: type, allowed values, default); the constructor
 checks what it is given against them, fills the defaults and sets each as an attribute. The config schema
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from qgen.errors import QgenError
-from qgen.models.arch import Subset
+from qgen.models.arch import ArchAdapter, Subset
 from qgen.quant.activations import ActFormat
 from qgen.quant.grid import WeightFormat
 from qgen.spec import Section, Spec
@@ -50,6 +52,8 @@ class QuantMethod:
     settings: ClassVar[dict[str, Spec]] = {}  # name -> spec with its default: the one declaration of each setting
     # what the method prefers of the engine where the `engine` config leaves it null (qgen.quant.engine)
     engine_defaults: ClassVar[dict] = {}
+    # transform_model runs once on the whole model before any block is quantized; apply is then never final
+    transforms_model: ClassVar[bool] = False
 
     def __init__(self, weight: WeightFormat, act: ActFormat, **hparams):
         for key, value in self.check_settings(hparams, self.name).items():
@@ -73,6 +77,13 @@ class QuantMethod:
         if final and not cls.on_grid:
             return "they are not on one plain grid"
         return None
+
+    def check_model(self, model: nn.Module, adapter: ArchAdapter) -> None:
+        """Refuse a model this method cannot handle (one line), right after it loads, before any other work."""
+
+    def transform_model(self, model: nn.Module, adapter: ArchAdapter, device: torch.device) -> dict:
+        """The whole-model transform of a method that `transforms_model`, in place; returns its report."""
+        raise NotImplementedError
 
     def start(self, ctx: SubsetContext) -> None:
         """Reset the statistics for a new subset (methods that need calibration)."""
@@ -109,6 +120,21 @@ def method_steps(methods) -> list[tuple[str, dict]]:
     if isinstance(methods, dict):
         return [(name, dict(settings or {})) for name, settings in methods.items()]
     return [(step["name"], {k: v for k, v in step.items() if k != "name"}) for step in methods or []]
+
+
+def check_order(methods) -> None:
+    """Methods that transform the whole model come first and are followed by one that quantizes (the config
+    schema checks this too, before anything loads). methods: classes or instances, in the config's order."""
+    kinds = [m.transforms_model for m in methods]
+    if any(kinds) and (kinds[-1] or kinds != sorted(kinds, reverse=True)):
+        name = next(m.name for m in methods if m.transforms_model)
+        raise QgenError(f"{name} transforms the whole model before any block is quantized: list it first and follow "
+                        f"it with a method that quantizes (e.g. {name}+rtn, {name}+gptq)")
+
+
+def block_methods(methods) -> list:
+    """The methods that work block by block (all but the whole-model transforms)."""
+    return [m for m in methods if not m.transforms_model]
 
 
 def build(name: str, weight: WeightFormat, act: ActFormat, hparams: dict) -> QuantMethod:
