@@ -3,7 +3,8 @@ and expands to the same jobs, with the same configs, as the hand-made experiment
 (tests/data/experiment_jobs_before.json, recorded at the commit before: one list of job overrides per experiment
 as the old Makefile built it, and the sha256 of each sweep's first job config of each shape). The s1, s2 and
 ablation entries were re-recorded on 2026-12-07, when their suites changed on purpose (the BIG-bench datasets that
-PyPI withdrew left them; SQuAD -> CoQA domains became S2's QA shift)."""
+PyPI withdrew left them; SQuAD -> CoQA domains became S2's QA shift), and every AWQ job's digest the same day, when
+AWQ's settings changed (search_samples replaced token_stride; clip_skip moved into the adapter)."""
 
 import hashlib
 import json
