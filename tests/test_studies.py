@@ -132,3 +132,9 @@ def test_a_study_whose_data_cannot_be_had_stops_before_any_job(tmp_path, monkeyp
     with pytest.raises(assets.ArchiveUnavailable, match=r"unavailable here: .*coqa_cnn.*is not served") as err:
         study.run(args)
     assert "\n" not in str(err.value) and started == []
+
+
+def test_study_datasets_leave_out_self_generated_calibration():
+    """calib.dataset=self is text the model samples, not a registered dataset: nothing to prepare for it."""
+    needed = study.datasets(study.compose("s2_sources", "offline"))
+    assert "self" not in needed and {"sst2", "imdb", "squad", "xsum"} <= set(needed)

@@ -116,14 +116,16 @@ def commands(study: str, env: str, changes: dict[str, str] | None = None, extra:
 
 
 def datasets(cfg, changes: dict[str, str] | None = None) -> list[str]:
-    """Every registered dataset the study's jobs read: the suite's, and each calibration set its sweeps name."""
+    """Every registered dataset the study's jobs read: the suite's, and each calibration set its sweeps name
+    (`self`, text the model samples, is not a dataset and needs no preparing)."""
     from qgen.data.overlap import suite_datasets
+    from qgen.data.registry import SELF
 
     calib = cfg.calib.dataset
     names = [calib] if isinstance(calib, str) else [str(d) for d in calib]
     for sweep in sweeps(cfg, changes):
         names += [d for item in sweep if item.startswith("calib.dataset=") for d in item.split("=", 1)[1].split(",")]
-    return list(dict.fromkeys([*names, *suite_datasets(cfg.eval_suite)]))
+    return [d for d in dict.fromkeys([*names, *suite_datasets(cfg.eval_suite)]) if d != SELF]
 
 
 def parse_changes(items: list[str] | None) -> dict[str, str]:
