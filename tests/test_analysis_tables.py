@@ -177,6 +177,21 @@ def test_a_job_found_twice_counts_once(tmp_path):
     assert len(rows) == 2 and sorted(rows["seed"]) == [1, 2]
 
 
+def test_data_free_jobs_are_labelled_without_calibration(tmp_path):
+    """A job that records it read no calibration (a data-free quantizer) shows calibration 'none', whatever calib
+    set its config composed, so its seeds do not pose as calibration-set rows."""
+    import json
+
+    root = write_fixture(tmp_path)
+    path = root / "multiruns" / "q" / "rtn_a_s1" / "results.json"
+    data = json.loads(path.read_text())
+    data["calibration"] = {"used": False, "reason": "quantizer rtn is data-free"}
+    path.write_text(json.dumps(data))
+    df = tidy_results(root)
+    labels = df.groupby(df["dir"].str.endswith("rtn_a_s1"))["calib"].agg(set)
+    assert labels[True] == {"none"} and "none" not in labels[False]
+
+
 def test_s1_significance_from_in_job_baselines_without_fp_jobs(tmp_path):
     """No quantizer=none job: the quantized jobs' own baseline_samples.jsonl supply the FP items."""
     import json

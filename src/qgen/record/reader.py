@@ -26,6 +26,9 @@ def find_results(*roots: str | Path) -> list[Path]:
     return found
 
 
+NO_CALIBRATION = "none"  # the calibration label of a data-free job (rtn, rotate+rtn): it read no calibration set
+
+
 def _calib_label(calib: dict) -> str | None:
     """The calibration source(s) a job used: the dataset name, or names joined by '+' for a mixture."""
     dataset = calib.get("dataset", calib.get("name"))
@@ -43,7 +46,9 @@ def sweep_of(job_dir: Path) -> str | None:
 def _rows(path: Path, data: dict) -> list[dict]:
     cfg = data.get("config") or {}
     calib, suite = cfg.get("calib") or {}, cfg.get("eval_suite") or {}
-    calib_label = _calib_label(calib)
+    # a data-free quantizer records that it used no calibration; the config's calib group was composed all the same
+    used = (data.get("calibration") or {}).get("used", True)
+    calib_label = _calib_label(calib) if used else NO_CALIBRATION
     base = {
         "job_id": data.get("job_id"),
         "status": data.get("status"),
