@@ -138,3 +138,15 @@ def test_study_datasets_leave_out_self_generated_calibration():
     """calib.dataset=self is text the model samples, not a registered dataset: nothing to prepare for it."""
     needed = study.datasets(study.compose("s2_sources", "offline"))
     assert "self" not in needed and {"sst2", "imdb", "squad", "xsum"} <= set(needed)
+
+
+def test_overrides_compose_against_the_changed_axes_first_value():
+    """--override values are checked against a config the sweep runs: a rotate setting composes once --set picks
+    a rotate quantizer, and a key the composed config lacks is one line naming the override, not a traceback."""
+    cmds = study.commands("s2_sources", "offline", {"quantizer": "rotate+gptq", "seed": "42"},
+                          ["quantizer.methods.rotate.seed=7"])
+    assert "quantizer.methods.rotate.seed=7" in cmds[-2] and "quantizer=rotate+gptq" in cmds[-2]
+    expected = r"does not compose with quantizer=gptq quantizer.methods.rotate.seed=7: .*rotate"
+    with pytest.raises(QgenError, match=expected) as err:
+        study.commands("s2_sources", "offline", {"quantizer": "gptq"}, ["quantizer.methods.rotate.seed=7"])
+    assert "\n" not in str(err.value)

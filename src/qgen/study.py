@@ -37,9 +37,22 @@ def compose(study: str, env: str, overrides: list[str] | tuple = (), conf_dir: P
         if name not in options(group, conf_dir):
             raise QgenError(f"{group}={name!r} is not a {group}; use one of {', '.join(options(group, conf_dir))}")
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     GlobalHydra.instance().clear()
-    return conf_store.compose([f"study={study}", f"env={env}", *overrides], conf_dir)
+    try:
+        return conf_store.compose([f"study={study}", f"env={env}", *overrides], conf_dir)
+    except HydraException as err:  # e.g. an --override of a key the composed quantizer does not have
+        reason = str(err).strip().splitlines()[0]
+        raise QgenError(f"study {study} (env {env}) does not compose with {' '.join(overrides) or 'no overrides'}: "
+                        f"{reason} (an --override applies to every job of the sweep)") from None
+
+
+def first_values(changes: dict[str, str] | None) -> list[str]:
+    """Overrides giving each changed sweep axis its first value, so that the config checked before the sweep (and
+    the --override values applied to it) is one the sweep runs: --set quantizer=rotate+gptq with --override
+    quantizer.methods.rotate.seed=7 composes against rotate+gptq, not the study's default quantizer."""
+    return [f"{key}={values.split(',')[0]}" for key, values in (changes or {}).items()]
 
 
 def _values(key: str, values, cfg) -> list[str]:
@@ -107,7 +120,7 @@ def report_command(cfg, python: str = sys.executable) -> list[str]:
 def commands(study: str, env: str, changes: dict[str, str] | None = None, extra: list[str] | tuple = (),
              python: str = sys.executable) -> list[list[str]]:
     """Every command `qgen study run` runs, in order: one multirun per sweep, then the report."""
-    cfg = compose(study, env, list(extra))
+    cfg = compose(study, env, [*first_values(changes), *extra])
     from qgen.validate import check_job
 
     check_job(cfg)  # a bad study, environment or extra override fails here, before any job starts
@@ -158,7 +171,7 @@ def run(args) -> None:
         raise QgenError(f"qgen study {args.action} needs a study: one of {', '.join(options('study'))}")
     changes = parse_changes(args.set)
     if args.action == "jobs":
-        cfg = compose(args.study, args.env, args.override)
+        cfg = compose(args.study, args.env, [*first_values(changes), *args.override])
         for job in jobs(cfg, changes):
             print(" ".join(job))
         return
@@ -166,7 +179,7 @@ def run(args) -> None:
     if not args.dry_run:  # a dataset that cannot be had stops the study here, not each of its jobs
         from qgen.data.prepare import ensure_datasets
 
-        ensure_datasets(datasets(compose(args.study, args.env, args.override), changes))
+        ensure_datasets(datasets(compose(args.study, args.env, [*first_values(changes), *args.override]), changes))
     for cmd in todo:
         print("+ " + " ".join(cmd), flush=True)
         if not args.dry_run:
