@@ -190,6 +190,8 @@ def test_data_free_jobs_are_labelled_without_calibration(tmp_path):
     df = tidy_results(root)
     labels = df.groupby(df["dir"].str.endswith("rtn_a_s1"))["calib"].agg(set)
     assert labels[True] == {"none"} and "none" not in labels[False]
+    # and S2 compares calibration sets: a job without one is no row of its matrices
+    assert all("none" not in m.mean.index for m in matrix.build(load([root], groups=GROUPS), GROUPS))
 
 
 def test_s1_significance_from_in_job_baselines_without_fp_jobs(tmp_path):

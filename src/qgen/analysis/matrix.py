@@ -41,6 +41,7 @@ from qgen.analysis.stats import (
 from qgen.analysis.tables import Cell, Table, ci_text, digits_for, mde_text, verdict_marks
 from qgen.analysis.tidy import FP_LABEL, KL_PREFIX, PPL_PREFIX, TASK_PREFIX, Samples
 from qgen.errors import QgenError
+from qgen.record.reader import NO_CALIBRATION
 
 SETTING_KEYS = ["model", "quantizer", "bits", "n_samples", "seq_len", "suite", "limit"]
 
@@ -85,10 +86,13 @@ def member_task(dataset: str, tasks: set[str], kind: str = "score") -> str | Non
 
 
 def build(df: pd.DataFrame, groups: dict[str, dict]) -> list[Matrix]:
-    """One matrix per (family, kind of task, setting, metric) with at least one calibration row."""
+    """One matrix per (family, kind of task, setting, metric) with at least one calibration row (a setting that read
+    no calibration set has none)."""
     # flips count the items both models scored (flip_items); every other metric its task's n_items (or tokens)
     counts, flip_counts = item_counts(df), item_counts(df, ("flip_items",))
-    prim = df[(df["primary"] | df["metric"].astype(str).str.startswith(EXTRA_METRICS)) & (df["quantizer"] != "none")]
+    # data-free settings (rtn, rotate+rtn: calibration 'none') have no calibration row to compare; S1 shows them
+    prim = df[(df["primary"] | df["metric"].astype(str).str.startswith(EXTRA_METRICS)) & (df["quantizer"] != "none")
+              & (df["calib_dataset"] != NO_CALIBRATION)]
     tasks = set(prim["task"])
     out = []
     for (family, spec), kind in ((f, k) for f in groups.items() for k in ("score", "ppl", "kl")):
