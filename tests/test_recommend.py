@@ -229,3 +229,14 @@ def test_rank_correlation_small_and_large():
     r = rank_correlation(range(10), [v * v for v in range(10)], n_boot=200)
     assert r.rho == 1.0 and not r.exact and r.p_value == pytest.approx(1 / 201)
     assert math.isnan(rank_correlation([1, 1, 1], [1, 2, 3], n_boot=100).rho)
+
+
+def test_s1_of_a_kl_only_sweep_has_no_empty_change_tables(letters, tmp_path):
+    """KL is measured against FP already: an S1 report of a KL-only sweep lists the values and the method claims,
+    without an FP row or change-vs-FP tables whose every cell would be '–'."""
+    from qgen.analysis.report import Options, build
+
+    build(Options(roots=[str(letters)], out_dir=tmp_path / "r", scenarios=("s1",), n_boot=300, figures=False))
+    page = (tmp_path / "r" / "s1.md").read_text()
+    assert "S1: scores per task" in page and "0.1075" in page
+    assert "change against full precision" not in page and "FP (baselines)" not in page

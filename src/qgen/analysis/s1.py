@@ -90,8 +90,8 @@ def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float 
     # The FP rows: quantizer=none jobs where present, else the baselines recorded inside quantized jobs.
     fp_source = stats[stats["quantizer"] == "none"]
     for model, g in stats.groupby("model"):
-        if fp_source[fp_source["model"] == model].empty:
-            fp_rows = g.groupby("task").agg(fp=("fp_mean", "mean"))
+        fp_rows = g.groupby("task").agg(fp=("fp_mean", "mean")).dropna()
+        if fp_source[fp_source["model"] == model].empty and not fp_rows.empty:
             values.append({"Model": model, "Method": f"{FP_LABEL} (baselines)", "Bits": "fp16", "Calibration": "–",
                            "Seeds": "", **{_short(t): Cell(fp_rows.loc[t, "fp"]) for t in tasks if t in fp_rows.index}})
     for _, g in stats.groupby(ROW_KEYS, sort=False):
@@ -113,7 +113,8 @@ def tables(df: pd.DataFrame, samples: Samples, n_boot: int = 2000, alpha: float 
                  _order(pd.DataFrame(values)), stats.drop(columns="dirs"),
                  [f"Metrics — {metric_note}.", "Cells: mean ± std over seeds, [n=…] items (KL: windows; "
                                                 "perplexity: tokens)."])]
-    if deltas:
+    # KL and top-1 agreement are already measured against FP: a sweep of only those has no change to tabulate
+    if deltas and stats.loc[stats["quantizer"] != "none", "delta_mean"].notna().any():
         out.append(Table("s1_change", "S1: change against full precision per task",
                          _order(pd.DataFrame(deltas)), stats[stats["quantizer"] != "none"].drop(columns="dirs"),
                          [("Cells: quantized − FP, mean ± std over seeds, (relative change). For perplexity "
