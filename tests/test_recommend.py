@@ -240,3 +240,24 @@ def test_s1_of_a_kl_only_sweep_has_no_empty_change_tables(letters, tmp_path):
     page = (tmp_path / "r" / "s1.md").read_text()
     assert "S1: scores per task" in page and "0.1075" in page
     assert "change against full precision" not in page and "FP (baselines)" not in page
+
+
+def test_s2_against_a_reference_calibration_set(letters, tmp_path):
+    """--against z: every other calibration row against z on each test set, gap positive where the row does better
+    (lower KL): calib x on test x 0.1075 vs z's 0.30 -> +0.1925; z has one seed, so the item bootstrap decides."""
+    import pandas as pd
+
+    from qgen.analysis.report import Options, build
+    from qgen.errors import QgenError
+
+    build(Options(roots=[str(letters)], out_dir=tmp_path / "r", scenarios=("s2",), n_boot=300, figures=False,
+                  against=("z",)))
+    table = pd.read_csv(tmp_path / "r" / "csv" / "s2_against_z.csv").set_index(["calib", "test"])
+    assert sorted(table.index) == [("x", "x"), ("x", "y"), ("y", "x"), ("y", "y")]
+    assert table.loc[("x", "x"), "gap"] == pytest.approx(0.30 - 0.1075)
+    assert table.loc[("y", "x"), "gap"] == pytest.approx(0.30 - 0.2075)
+    assert bool(table.loc[("x", "x"), "in_distribution"]) and not bool(table.loc[("y", "x"), "in_distribution"])
+    assert set(table["seed_verdict"]) == {"not tested"} and table["significant"].all()
+    with pytest.raises(QgenError, match=r"--against nope: no matrix has a 'nope' calibration row; its rows: x, y, z"):
+        build(Options(roots=[str(letters)], out_dir=tmp_path / "r2", scenarios=("s2",), n_boot=300, figures=False,
+                      against=("nope",)))

@@ -62,7 +62,9 @@ def test_every_study_composes_in_every_environment(name, env):
     commands = study.commands(name, env, python="python")
     assert commands[-1][:4] == ["python", "-m", "qgen.cli", "report"]
     assert commands[-1][commands[-1].index("--out") + 1] == f"experiments/reports/{name}_{env}"
-    assert commands[-1][commands[-1].index("--scenario") + 1:] == list(cfg.study.report)
+    report = commands[-1][commands[-1].index("--scenario") + 1:]
+    against = list(cfg.study.get("against") or [])
+    assert report == list(cfg.study.report) + (["--against", *against] if against else [])
 
 
 @pytest.mark.parametrize("experiment", sorted(BEFORE))

@@ -354,6 +354,8 @@ STUDY = Section(optional=True, nullable=True, doc="a study (conf/study): what `q
     "name": NAME,
     "report": ListOf(item=Choice(values=REPORT_KINDS), min_len=1, doc="report kinds built from its results"),
     "reference": Bool(doc="FP jobs (quantizer=none bits=fp16), one per seed, before the sweep"),
+    "against": ListOf(item=NAME, optional=True, default=[],
+                      doc="S2/S3 reports also compare every calibration set with each of these (report --against)"),
     "sweep": Either(options=(SWEEP_AXES, ListOf(item=SWEEP_AXES, min_len=1)),
                     doc="axes: override key -> list of values (calib.dataset: groups), or a list of such sweeps"),
 }, rules=(_study_sweep,))

@@ -113,8 +113,9 @@ def folder(cfg) -> Path:
 
 def report_command(cfg, python: str = sys.executable) -> list[str]:
     out = REPORTS_DIR / folder(cfg).name
+    against = [str(c) for c in cfg.study.get("against") or []]
     return [python, "-m", "qgen.cli", "report", str(folder(cfg)), "--out", str(out),
-            "--scenario", *[str(k) for k in cfg.study.report]]
+            "--scenario", *[str(k) for k in cfg.study.report], *(["--against", *against] if against else [])]
 
 
 def commands(study: str, env: str, changes: dict[str, str] | None = None, extra: list[str] | tuple = (),

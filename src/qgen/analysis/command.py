@@ -18,6 +18,9 @@ def add_arguments(p) -> None:
                                     "{family: {in_distribution: dataset, members: [datasets]}}")
     p.add_argument("--suite", help="glob over eval suite names selecting the jobs (default per scenario)")
     p.add_argument("--metric", default="acc", help="primary metric of accuracy tasks (acc or acc_norm)")
+    p.add_argument("--against", nargs="+", default=[], metavar="CALIB",
+                   help="S2/S3: also compare every calibration set with this one per test set (e.g. xsum, a generic "
+                        "corpus), with item and seed CIs")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - CI level (default 0.05)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
@@ -35,7 +38,7 @@ def run(args) -> None:
     opts = Options(roots=list(args.dirs), out_dir=Path(args.out), scenarios=tuple(args.scenario),
                    groups=groups_mod.parse(args.groups) if args.groups else None, suite=args.suite,
                    score=args.metric, n_boot=args.n_boot, alpha=args.alpha, tables=not args.no_tables,
-                   figures=not args.no_figures)
+                   figures=not args.no_figures, against=tuple(args.against))
     for root in opts.roots:
         if not Path(root).exists():
             raise QgenError(f"{root} does not exist: give output dirs holding results.json files")

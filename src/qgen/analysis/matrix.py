@@ -132,41 +132,65 @@ def _matrix(family, setting, spec, metric, g, members, cols, counts) -> Matrix:
                   tasks=count_task, n_items=items, per_seed=per_seed)
 
 
+def _pair(m: Matrix, test: str, a: str, b: str, samples: Samples, n_boot: int, alpha: float) -> dict:
+    """Calibration a against calibration b on one test column: gap (positive = a better, also where lower is
+    better), its item-bootstrap CI (ci_low/ci_high, mde, item_verdict) and, with >= 2 seeds a side, its seed-level
+    Welch CI (seed_*); `verdict` and `significant` are the seed-level ones where that test ran, else the items'."""
+    sign = 1 if m.higher_better else -1
+    task = m.tasks[test]
+    res = None
+    if not task.startswith(PPL_PREFIX):  # perplexity has no per-item scores
+        res = compare_items(samples(m.dirs[(a, test)]), samples(m.dirs[(b, test)]), task, m.metric, n_boot, alpha)
+    gap = sign * (m.mean.loc[a, test] - m.mean.loc[b, test])
+    fields = result_fields(res)
+    seeds = seed_fields(seed_comparison(m.per_seed.get((a, test)), m.per_seed.get((b, test)), alpha))
+    if sign < 0:  # the CIs of the gap, in the "a is better" direction
+        fields["ci_low"], fields["ci_high"] = -fields["ci_high"], -fields["ci_low"]
+        seeds["seed_ci_low"], seeds["seed_ci_high"] = -seeds["seed_ci_high"], -seeds["seed_ci_low"]
+    fields["item_verdict"], fields["item_significant"] = fields["verdict"], fields["significant"]
+    if seeds["seed_verdict"] != "not tested":
+        fields["verdict"], fields["significant"] = seeds["seed_verdict"], seeds["seed_significant"]
+    return {"gap": gap, "outcome": "win" if gap > 0 else "tie" if gap == 0 else "loss", **fields, **seeds}
+
+
+def _scored(m: Matrix, calib: str, test: str) -> bool:
+    return calib in m.mean.index and not math.isnan(m.mean.loc[calib, test])
+
+
 def comparisons(m: Matrix, samples: Samples, n_boot: int, alpha: float) -> pd.DataFrame:
-    """Every ID-vs-OOD claim of a matrix: one row per (test column, OOD calibration), with its item-bootstrap CI
-    (ci_low/ci_high, mde, item_verdict) and, with >= 2 seeds a side, its seed-level Welch CI (seed_*); `verdict` and
-    `significant` are the seed-level ones where that test ran, else the item-level ones."""
+    """Every ID-vs-OOD claim of a matrix: one row per (test column, OOD calibration), gap positive = ID better
+    (`_pair`), and whether that OOD set is the best one on the test set."""
     rows = []
     sign = 1 if m.higher_better else -1
     for test in m.mean.columns:
-        if test not in m.mean.index or math.isnan(m.mean.loc[test, test]):
+        if not _scored(m, test, test):
             continue
-        oods = [c for c in m.mean.index if c != test and not math.isnan(m.mean.loc[c, test])]
+        oods = [c for c in m.mean.index if c != test and _scored(m, c, test)]
         if not oods:
             continue
         best = max(oods, key=lambda c: sign * m.mean.loc[c, test])
-        task = m.tasks[test]
         for calib in oods:
-            res = None
-            if not task.startswith(PPL_PREFIX):  # perplexity has no per-item scores
-                res = compare_items(samples(m.dirs[(test, test)]), samples(m.dirs[(calib, test)]), task, m.metric,
-                                    n_boot, alpha)
-            gap = sign * (m.mean.loc[test, test] - m.mean.loc[calib, test])
-            fields = result_fields(res)
-            seeds = seed_fields(seed_comparison(m.per_seed.get((test, test)), m.per_seed.get((calib, test)), alpha))
-            if sign < 0:  # the CIs of the gap, in the "ID is better" direction
-                fields["ci_low"], fields["ci_high"] = -fields["ci_high"], -fields["ci_low"]
-                seeds["seed_ci_low"], seeds["seed_ci_high"] = -seeds["seed_ci_high"], -seeds["seed_ci_low"]
-            fields["item_verdict"], fields["item_significant"] = fields["verdict"], fields["significant"]
-            if seeds["seed_verdict"] != "not tested":
-                fields["verdict"], fields["significant"] = seeds["seed_verdict"], seeds["seed_significant"]
-            fields.update(seeds)
+            fields = _pair(m, test, test, calib, samples, n_boot, alpha)
             rows.append({**m.setting, "family": m.family, "metric": m.metric, "test": test, "id_calib": test,
                          "ood_calib": calib, "best_ood": calib == best, "id_value": m.mean.loc[test, test],
-                         "ood_value": m.mean.loc[calib, test], "gap": gap,
-                         "outcome": "win" if gap > 0 else "tie" if gap == 0 else "loss", **fields})
+                         "ood_value": m.mean.loc[calib, test], **fields})
             if calib == best and fields["significant"]:
                 m.sig.add((test, test))
+    return pd.DataFrame(rows)
+
+
+def against(m: Matrix, reference: str, samples: Samples, n_boot: int, alpha: float) -> pd.DataFrame:
+    """Every other calibration row of a matrix against one reference calibration set (e.g. a generic corpus, to ask
+    whether self-generated text or a domain's own text beats it), per test column: gap positive = that row better."""
+    rows = []
+    for test in m.mean.columns:
+        if not _scored(m, reference, test):
+            continue
+        for calib in (c for c in m.mean.index if c != reference and _scored(m, c, test)):
+            rows.append({**m.setting, "family": m.family, "metric": m.metric, "test": test, "calib": calib,
+                         "in_distribution": calib == test, "reference": reference,
+                         "value": m.mean.loc[calib, test], "reference_value": m.mean.loc[reference, test],
+                         **_pair(m, test, calib, reference, samples, n_boot, alpha)})
     return pd.DataFrame(rows)
 
 
@@ -287,6 +311,25 @@ def claims_table(claims: pd.DataFrame, name: str, title: str) -> Table:
                   "verdict: the seed-level one where that test ran, else the item-level one; *: CI excludes 0; "
                   "≈ / 'no difference': the CI excludes every difference as large as the MDE (80% power, two-sided "
                   "α = 0.05); 'too few items' / 'too few seeds': neither."])
+
+
+def against_table(claims: pd.DataFrame, name: str, title: str) -> Table:
+    rows = [{"Setting": f"{r.model} {r.quantizer} {r.bits} n={r.n_samples} len={r.seq_len}",
+             "Metric": r.metric, "Test": r.test, "Calibration": f"{r.calib} (ID)" if r.in_distribution else r.calib,
+             "Reference": r.reference, "Value": Cell(r.value, digits=4), "Reference value": Cell(r.reference_value,
+                                                                                              digits=4),
+             "Gap (calib − reference)": Cell(r.gap, digits=4, signed=True, marks=verdict_marks(r.verdict),
+                                             n=r.n_items),
+             "95% CI (items)": ci_text(r.ci_low, r.ci_high), "item verdict": r.item_verdict,
+             "seeds": "–" if math.isnan(r.seeds_a) else f"{r.seeds_a:.0f} / {r.seeds_b:.0f}",
+             "95% CI (seeds)": ci_text(r.seed_ci_low, r.seed_ci_high), "MDE (seeds)": mde_text(r.seed_mde),
+             "seeds to detect the gap": _seeds_text(r.seeds_for_gap),
+             "verdict": r.verdict} for r in claims.itertuples()]
+    return Table(name, title, pd.DataFrame(rows), claims,
+                 ["Every calibration set against the reference set on each test set (gap sign: positive = the "
+                  "calibration set does better than the reference, also where lower is better). CIs, MDEs and "
+                  "verdicts as in the ID-vs-OOD table: the seed-level Welch interval decides where both sides have "
+                  "≥ 2 seeds, else the paired item bootstrap."])
 
 
 def _seeds_text(k: float) -> str:

@@ -51,6 +51,7 @@ class Options:
     alpha: float = 0.05
     tables: bool = True
     figures: bool = True
+    against: tuple[str, ...] = ()  # S2/S3: also compare every calibration set with each of these (e.g. xsum)
 
 
 @dataclass
@@ -160,6 +161,16 @@ def run_matrix(df, fams, opts: Options, samples: Samples, section: Section, pref
     else:
         section.notes.append("No test set was calibrated on both in-distribution and out-of-distribution data, so "
                              "there is no win count.")
+    for reference in opts.against:
+        found = [c for c in (matrix.against(m, reference, samples, opts.n_boot, opts.alpha) for m in mats)
+                 if not c.empty]
+        if not found:
+            calibs = sorted({c for m in mats for c in m.mean.index})
+            raise QgenError(f"--against {reference}: no matrix has a {reference!r} calibration row; its rows: "
+                            f"{', '.join(calibs)}")
+        section.tables.append(matrix.against_table(pd.concat(found, ignore_index=True),
+                                                   f"{prefix}_against_{_slug(reference)}",
+                                                   f"{prefix.upper()}: every calibration set against {reference}"))
     try:
         section.tables.append(matrix.proxy_table(matrix.proxy_cells(mats, opts.alpha), f"{prefix}_proxy",
                                                  f"{prefix.upper()}: does the token-distance proxy track the "
