@@ -291,17 +291,21 @@ def win_table(claims: pd.DataFrame, name: str, title: str) -> Table:
     return Table(name, title, pd.DataFrame(rows), pd.DataFrame(data), notes)
 
 
+def _pair_cells(r, gap: str) -> dict:
+    """The columns of one `_pair` comparison in a table: the gap, its item and seed CIs, MDEs and verdicts."""
+    return {gap: Cell(r.gap, digits=4, signed=True, marks=verdict_marks(r.verdict), n=r.n_items),
+            "95% CI (items)": ci_text(r.ci_low, r.ci_high),
+            "p": "–" if math.isnan(r.p_value) else f"{r.p_value:.3f}", "MDE (items)": mde_text(r.mde),
+            "item verdict": r.item_verdict,
+            "seeds": "–" if math.isnan(r.seeds_a) else f"{r.seeds_a:.0f} / {r.seeds_b:.0f}",
+            "95% CI (seeds)": ci_text(r.seed_ci_low, r.seed_ci_high), "MDE (seeds)": mde_text(r.seed_mde),
+            "seeds to detect the gap": _seeds_text(r.seeds_for_gap), "verdict": r.verdict}
+
+
 def claims_table(claims: pd.DataFrame, name: str, title: str) -> Table:
     rows = [{"Setting": f"{r.model} {r.quantizer} {r.bits} n={r.n_samples} len={r.seq_len}",
              "Family": r.family, "Metric": r.metric, "Test": r.test, "ID calib": r.id_calib, "OOD calib": r.ood_calib,
-             "Gap (ID − OOD)": Cell(r.gap, digits=4, signed=True, marks=verdict_marks(r.verdict), n=r.n_items),
-             "95% CI (items)": ci_text(r.ci_low, r.ci_high),
-             "p": "–" if math.isnan(r.p_value) else f"{r.p_value:.3f}", "MDE (items)": mde_text(r.mde),
-             "item verdict": r.item_verdict,
-             "seeds": "–" if math.isnan(r.seeds_a) else f"{r.seeds_a:.0f} / {r.seeds_b:.0f}",
-             "95% CI (seeds)": ci_text(r.seed_ci_low, r.seed_ci_high), "MDE (seeds)": mde_text(r.seed_mde),
-             "seeds to detect the gap": _seeds_text(r.seeds_for_gap),
-             "verdict": r.verdict} for r in claims.itertuples()]
+             **_pair_cells(r, "Gap (ID − OOD)")} for r in claims.itertuples()]
     return Table(name, title, pd.DataFrame(rows), claims,
                  ["Every ID-vs-OOD claim (gap sign: positive = ID better, also where lower is better). Items: the "
                   "paired-bootstrap 95% CI over test items, the calibration draws held fixed; [n=…]: items paired. "
@@ -318,13 +322,7 @@ def against_table(claims: pd.DataFrame, name: str, title: str) -> Table:
              "Metric": r.metric, "Test": r.test, "Calibration": f"{r.calib} (ID)" if r.in_distribution else r.calib,
              "Reference": r.reference, "Value": Cell(r.value, digits=4), "Reference value": Cell(r.reference_value,
                                                                                               digits=4),
-             "Gap (calib − reference)": Cell(r.gap, digits=4, signed=True, marks=verdict_marks(r.verdict),
-                                             n=r.n_items),
-             "95% CI (items)": ci_text(r.ci_low, r.ci_high), "item verdict": r.item_verdict,
-             "seeds": "–" if math.isnan(r.seeds_a) else f"{r.seeds_a:.0f} / {r.seeds_b:.0f}",
-             "95% CI (seeds)": ci_text(r.seed_ci_low, r.seed_ci_high), "MDE (seeds)": mde_text(r.seed_mde),
-             "seeds to detect the gap": _seeds_text(r.seeds_for_gap),
-             "verdict": r.verdict} for r in claims.itertuples()]
+             **_pair_cells(r, "Gap (calib − reference)")} for r in claims.itertuples()]
     return Table(name, title, pd.DataFrame(rows), claims,
                  ["Every calibration set against the reference set on each test set (gap sign: positive = the "
                   "calibration set does better than the reference, also where lower is better). CIs, MDEs and "
