@@ -240,6 +240,8 @@ def test_s1_of_a_kl_only_sweep_has_no_empty_change_tables(letters, tmp_path):
     page = (tmp_path / "r" / "s1.md").read_text()
     assert "S1: scores per task" in page and "0.1075" in page
     assert "change against full precision" not in page and "FP (baselines)" not in page
+    build(Options(roots=[str(letters)], out_dir=tmp_path / "r2", scenarios=("s2",), n_boot=300, figures=False))
+    assert "FP (reference)" not in (tmp_path / "r2" / "s2.md").read_text()  # nor an FP row of '–' in S2 matrices
 
 
 def test_s2_against_a_reference_calibration_set(letters, tmp_path):

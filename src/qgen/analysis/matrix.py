@@ -207,8 +207,9 @@ def matrix_table(m: Matrix, name: str) -> Table:
             row[_col(test, m)] = Cell(m.mean.loc[calib, test], m.std.loc[calib, test], marks=frozenset(marks),
                                       digits=digits_for(m.metric), n=_items(m, calib, test))
         rows.append(row)
-    rows.append({"Calibration": f"{FP_LABEL} (reference)",
-                 **{_col(t, m): Cell(m.fp[t], digits=digits_for(m.metric)) for t in m.mean.columns}})
+    if m.fp.notna().any():  # KL and top-1 agreement are measured against FP already: no FP row of their own
+        rows.append({"Calibration": f"{FP_LABEL} (reference)",
+                     **{_col(t, m): Cell(m.fp[t], digits=digits_for(m.metric)) for t in m.mean.columns}})
     data = (m.mean.stack().rename("mean").to_frame().join(m.std.stack().rename("std"))
             .join(m.n_seeds.stack().rename("n_seeds")).reset_index(names=["calib", "test"]))
     data["n_items"] = [_items(m, c, t) for c, t in zip(data["calib"], data["test"])]
