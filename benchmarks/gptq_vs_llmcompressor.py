@@ -389,11 +389,10 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     print(table(rows))
     theirs = next((r for r in rows if r["tool"].startswith("llm-compressor")), None)
-    target = "  (target >= 2)" if args.method == "gptq" else ""
     for ours in (r for r in rows if r["tool"].startswith("qgen") and theirs):
         print(f"\nllm-compressor ({theirs.get('dtype', 'float32')}) time / {ours['tool']} "
               f"({ours.get('dtype', 'float32')}) time = {theirs['quantize_s'] / ours['quantize_s']:.2f}"
-              f"{target}; ppl qgen {ours['ppl']:.3f} vs llm-compressor {theirs['ppl']:.3f} "
+              f"  (target >= 2); ppl qgen {ours['ppl']:.3f} vs llm-compressor {theirs['ppl']:.3f} "
               f"({100 * (ours['ppl'] / theirs['ppl'] - 1):+.2f} %)")
 
 

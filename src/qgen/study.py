@@ -29,8 +29,10 @@ def options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def compose(study: str, env: str, overrides: list[str] | tuple = (), conf_dir: Path = CONF_DIR):
-    """The job config of one (study, environment) pair with extra overrides (the sweep's first values)."""
+def compose(study: str, env: str, overrides: list[str] | tuple = (), conf_dir: Path = CONF_DIR,
+            changes: dict[str, str] | None = None):
+    """The job config of one (study, environment) pair with extra overrides, each changed sweep axis at its first
+    value (`first_values`)."""
     from qgen import conf_store
 
     for group, name in (("study", study), ("env", env)):
@@ -39,6 +41,7 @@ def compose(study: str, env: str, overrides: list[str] | tuple = (), conf_dir: P
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    overrides = [*first_values(changes), *overrides]
     GlobalHydra.instance().clear()
     try:
         return conf_store.compose([f"study={study}", f"env={env}", *overrides], conf_dir)
@@ -119,9 +122,11 @@ def report_command(cfg, python: str = sys.executable) -> list[str]:
 
 
 def commands(study: str, env: str, changes: dict[str, str] | None = None, extra: list[str] | tuple = (),
-             python: str = sys.executable) -> list[list[str]]:
-    """Every command `qgen study run` runs, in order: one multirun per sweep, then the report."""
-    cfg = compose(study, env, [*first_values(changes), *extra])
+             python: str = sys.executable, cfg=None) -> list[list[str]]:
+    """Every command `qgen study run` runs, in order: one multirun per sweep, then the report. cfg: the pair's
+    config where the caller composed it already (compose(study, env, extra, changes=changes))."""
+    if cfg is None:
+        cfg = compose(study, env, extra, changes=changes)
     from qgen.validate import check_job
 
     check_job(cfg)  # a bad study, environment or extra override fails here, before any job starts
@@ -171,16 +176,16 @@ def run(args) -> None:
     if not args.study:
         raise QgenError(f"qgen study {args.action} needs a study: one of {', '.join(options('study'))}")
     changes = parse_changes(args.set)
+    cfg = compose(args.study, args.env, args.override, changes=changes)
     if args.action == "jobs":
-        cfg = compose(args.study, args.env, [*first_values(changes), *args.override])
         for job in jobs(cfg, changes):
             print(" ".join(job))
         return
-    todo = commands(args.study, args.env, changes, args.override)
+    todo = commands(args.study, args.env, changes, args.override, cfg=cfg)
     if not args.dry_run:  # a dataset that cannot be had stops the study here, not each of its jobs
         from qgen.data.prepare import ensure_datasets
 
-        ensure_datasets(datasets(compose(args.study, args.env, [*first_values(changes), *args.override]), changes))
+        ensure_datasets(datasets(cfg, changes))
     for cmd in todo:
         print("+ " + " ".join(cmd), flush=True)
         if not args.dry_run:
