@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from qgen import conf_store
@@ -56,11 +55,9 @@ def test_generated_task_files_are_in_sync_with_the_registry():
 
 def test_suites_name_tasks_that_exist():
     known = {p.stem for p in TASKS_DIR.glob("qgen_*.yaml")}
-    conf_store.register()  # as the entry point does (engine and method settings live in the ConfigStore)
     for path in (CONF_DIR / "eval_suite").glob("*.yaml"):
         # composed, so that a suite extending another through its defaults list is checked as a job sees it
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            suite = OmegaConf.to_container(compose("config", overrides=[f"eval_suite={path.stem}"]).eval_suite)
+        suite = OmegaConf.to_container(conf_store.compose([f"eval_suite={path.stem}"], CONF_DIR).eval_suite)
         for task in suite["tasks"]:
             assert task in known, (path.name, task)
         for entry in suite.get("perplexity") or []:
