@@ -177,6 +177,20 @@ def test_a_job_found_twice_counts_once(tmp_path):
     assert len(rows) == 2 and sorted(rows["seed"]) == [1, 2]
 
 
+def test_summary_table_shows_the_fp_model_once_per_seed(tmp_path):
+    """`qgen results`: the in-job FP baselines of jobs calibrated on different sets are one FP model, so the
+    table has one FP row per seed (merged with the quantizer=none jobs), not one per calibration set."""
+    from qgen.record.reader import read_results, summary_table
+
+    table = summary_table(read_results(write_fixture(tmp_path)))
+    fp = table[table["quantizer"] == "fp (none)"]
+    assert sorted(fp["seed"]) == [1, 2] and set(fp["calib"]) == {"none"}
+    assert list(fp["a acc"]) == [0.75, 0.75]
+    quantized = table[table["quantizer"] == "rtn"]
+    assert sorted(zip(quantized["bits"], quantized["calib"], quantized["seed"])) == [
+        ("w2a16", "a", 1), ("w4a16", "a", 1), ("w4a16", "a", 2), ("w4a16", "b", 1), ("w4a16", "b", 2)]
+
+
 def test_data_free_jobs_are_labelled_without_calibration(tmp_path):
     """A job that records it read no calibration (a data-free quantizer) shows calibration 'none', whatever calib
     set its config composed, so its seeds do not pose as calibration-set rows."""

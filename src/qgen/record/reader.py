@@ -201,13 +201,16 @@ SUMMARY_PREFIXES = ("ppl_", "kl_mean_", "top1_agree_", "flip_rate")
 
 
 def summary_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("acc", "acc_norm")) -> pd.DataFrame:
-    """Wide table: one row per job (and FP baseline), one column per task/metric (acc, perplexities, mean KL to
-    FP, top-1 agreement, flip rate)."""
+    """Wide table: one row per quantized job and one per (model, seed) for the FP model (its in-job baselines and
+    quantizer=none jobs averaged), one column per task/metric (acc, perplexities, mean KL to FP, top-1 agreement,
+    flip rate)."""
     keep = df[df["metric"].isin(metrics) | df["metric"].str.startswith(SUMMARY_PREFIXES)].copy()
     if keep.empty:
         return keep
     keep["column"] = keep["task"].str.replace("qgen_", "", regex=False) + " " + keep["metric"]
-    keep.loc[keep["variant"] == "fp", ["quantizer", "bits"]] = ["fp (none)", "-"]
+    # the FP model read no calibration set: every job's in-job baseline of the same model and seed is one row, not
+    # one per calibration set the quantized models used
+    keep.loc[keep["variant"] == "fp", ["quantizer", "bits", "calib"]] = ["fp (none)", "-", NO_CALIBRATION]
     index = ["model", "quantizer", "bits", "calib", "seed"]
     wide = keep.pivot_table(index=index, columns="column", values="value", aggfunc="mean")
     return wide.reset_index()
