@@ -181,3 +181,33 @@ def test_baichuan_declaration_matches_its_module_tree():
 def test_unknown_architecture_is_refused_with_the_supported_list():
     with pytest.raises(QgenError, match="supported model types: baichuan, llama, mistral, opt, qwen2"):
         adapter_for("gpt_neox")
+
+
+def test_sliding_window_layers_quantize_only_with_windows_that_fit():
+    """Qwen2 with sliding-window layers hands those layers another mask than block 0's, which the engine reuses.
+    Within the window the masks agree: GPTQ gives the same weights as on the same model without sliding layers.
+    Longer calibration windows change what those layers compute, and the job refuses them before quantizing."""
+    import transformers as tf
+
+    from qgen.quant.engine import check_uniform_attention
+
+    def qwen(sliding: bool):
+        torch.manual_seed(0)
+        cfg = tf.Qwen2Config(**{**SMALL, "num_hidden_layers": 3}, num_attention_heads=4, num_key_value_heads=2,
+                             use_sliding_window=sliding, sliding_window=16, max_window_layers=1)
+        return tf.Qwen2ForCausalLM(cfg).eval()
+
+    mixed, full = qwen(True), qwen(False)
+    assert len(set(mixed.config.layer_types)) == 2 and len(set(full.config.layer_types)) == 1
+    with torch.no_grad():
+        long_ids = calib_ids(300, n=2, seq=32)
+        assert not torch.allclose(mixed(long_ids).logits, full(long_ids).logits, atol=1e-4)  # the window matters
+    ids = calib_ids(300, n=4, seq=16)
+    check_uniform_attention(mixed, 16)
+    q_mixed, _ = quantized(mixed, [("gptq", {})], bits=3, ids=ids)
+    q_full, _ = quantized(full, [("gptq", {})], bits=3, ids=ids)
+    for (name, a), b in zip(q_mixed.state_dict().items(), q_full.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(QgenError, match=r"calib.seq_len=32 is not allowed.*use calib.seq_len <= 16"):
+        check_uniform_attention(mixed, 32)
+    check_uniform_attention(full, 32)

@@ -167,6 +167,10 @@ class Job:
         check_loaded(self.cfg, model, self.adapter, tokenizer)
         for method in self.methods:
             method.check_model(model, self.adapter)
+        if any(m.needs_calibration for m in self.methods):
+            from qgen.quant.engine import check_uniform_attention
+
+            check_uniform_attention(model, int(self.cfg.calib.seq_len))
         self.model, self.tokenizer = model, tokenizer
         self.model_id = model_identity(self.cfg, info)
         self.record.data["model_info"] = {**info, "model_type": model.config.model_type, "device": str(self.device),

@@ -129,6 +129,21 @@ def _same_or(value, previous):
     return value
 
 
+def check_uniform_attention(model: nn.Module, seq_len: int) -> None:
+    """The engine captures the keyword arguments the model hands block 0 (attention mask included) and runs every
+    block with them. A model whose layers mix attention kinds (Qwen2 with `use_sliding_window`: full attention in
+    the first `max_window_layers`, a sliding window after) hands its sliding layers another mask; the two masks
+    agree while a calibration window fits in the sliding window, so only longer windows are refused."""
+    cfg = getattr(model, "config", None)
+    kinds = set(getattr(cfg, "layer_types", None) or ())
+    window = getattr(cfg, "sliding_window", None)
+    if len(kinds) > 1 and window and seq_len > window:
+        raise QgenError(f"calib.seq_len={seq_len} is not allowed for this model: its layers mix attention kinds "
+                        f"({', '.join(sorted(kinds))}) and a window of {seq_len} tokens exceeds its sliding window "
+                        f"of {window}, where the engine's one captured attention mask would be wrong for some "
+                        f"layers; use calib.seq_len <= {window}")
+
+
 def capture_block_inputs(model: nn.Module, adapter: ArchAdapter, input_ids: torch.Tensor, batch_size: int,
                          device: torch.device, dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, dict]]:
     """Run the model up to block 0 for every calibration batch; returns [(hidden_states, block kwargs)], their
