@@ -387,14 +387,12 @@ def _tokenizer_of(m: Matrix):
     """The tokenizer of the model a matrix's jobs ran (their recorded model config)."""
     from omegaconf import OmegaConf
 
-    from qgen.models.source import model_source
+    from qgen.models.source import checked_tokenizer
     from qgen.record.reader import read_configs
 
     job_dir = next(d for dirs in m.dirs.values() for d in dirs)
     model = (next(iter(read_configs(job_dir).values()), None) or {}).get("model") or {}
-    source = model_source(OmegaConf.create(model))
-    source.check(quantizes=False)
-    return source.tokenizer()
+    return checked_tokenizer(OmegaConf.create(model))
 
 
 def proxy_table(cells: pd.DataFrame, name: str, title: str, n_boot: int, alpha: float) -> Table:

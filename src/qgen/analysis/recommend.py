@@ -119,12 +119,10 @@ def _measured_row(x: dict, target: str) -> list:
 def proxy_report(args, why: str) -> dict:
     from qgen.data import registry, unigram
     from qgen.data.prepare import ensure_prepared, is_prepared
-    from qgen.models.source import model_source
+    from qgen.models.source import checked_tokenizer
 
     name, model_cfg = model_config(args.model, args.dirs)
-    source = model_source(model_cfg)
-    source.check(quantizes=False)
-    tokenizer = source.tokenizer()
+    tokenizer = checked_tokenizer(model_cfg)
     ensure_prepared(registry.get(args.target))
     target = unigram.part_counts(tokenizer, args.target, "eval")
     if args.candidates:

@@ -203,3 +203,11 @@ def model_source(cfg) -> ModelSource:
     if cfg.get("asset"):
         return OfflineAsset(cfg)
     return LocalFolder(cfg) if looks_like_path(str(cfg.get("pretrained"))) else HubModel(cfg)
+
+
+def checked_tokenizer(cfg):
+    """The tokenizer of the model a config names, after the checks a job that does not quantize runs (what the
+    analyses' token statistics read: `qgen recommend`'s proxy, the S2 report's proxy table)."""
+    source = model_source(cfg)
+    source.check(quantizes=False)
+    return source.tokenizer()
