@@ -167,7 +167,7 @@ class Job:
         check_loaded(self.cfg, model, self.adapter, tokenizer)
         for method in self.methods:
             method.check_model(model, self.adapter)
-        if any(m.needs_calibration for m in self.methods):
+        if self.needs_calibration:
             from qgen.quant.engine import check_uniform_attention
 
             check_uniform_attention(model, int(self.cfg.calib.seq_len))
